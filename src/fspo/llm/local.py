@@ -1,0 +1,65 @@
+"""In-process generation with transformers: batched, left-padded, seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from fspo.llm.base import GenerationParams, Prompt, apply_stops
+
+
+class LocalBackend:
+    """Generate with a loaded causal LM. Chat prompts use the tokenizer's chat template."""
+
+    def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 8, progress: bool = False) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs) -> LocalBackend:
+        from fspo.models.registry import load_model
+
+        model, tok = load_model(spec)
+        return cls(model, tok, name=kwargs.pop("name", spec), **kwargs)
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
+        texts = [self.render(p) for p in prompts]
+        out: list[str] = []
+        tok = self.tokenizer
+        self.model.eval()
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc=f"generate ({self.name})", disable=not self.progress, leave=False):
+            batch = texts[start : start + self.batch_size]
+            old_side = tok.padding_side
+            tok.padding_side = "left"
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            tok.padding_side = old_side
+            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            sample = params.temperature > 0
+            gen_kwargs = dict(
+                max_new_tokens=params.max_new_tokens,
+                do_sample=sample,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            if sample:
+                gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            # Seed per batch position so a batch's output does not depend on what ran before it.
+            with torch.random.fork_rng():
+                torch.manual_seed(params.seed * 1_000_003 + start)
+                ids = self.model.generate(**enc, **gen_kwargs)
+            new = ids[:, enc["input_ids"].shape[1] :]
+            for row in new:
+                out.append(apply_stops(tok.decode(row, skip_special_tokens=True), params.stop))
+        return out
