@@ -46,7 +46,9 @@ def run_validate(args: argparse.Namespace) -> int:
                 counts = Counter(r.user_id for r in read_preferences(target))
                 for user, n in sorted(counts.items()):
                     if n < args.shots + 1:
-                        print(f"{target}: user_id: user {user!r} has {n} preferences, fewer than shots+1={args.shots + 1}")
+                        print(
+                            f"{target}: user_id: user {user!r} has {n} preferences, fewer than shots+1={args.shots + 1}"
+                        )
             if not problems:
                 print(f"{target}: ok", file=sys.stderr)
     return 2 if bad else 0

@@ -215,7 +215,10 @@ def load_data(path: str | Path, users_path: str | Path | None = None) -> Prefere
             user_split = users[rec.user_id].split
             if user_split == "test" and rec.split == "train":
                 raise DataError(
-                    str(prefs_path), i, "split", f"user {rec.user_id!r} is held out (test) in {users_path} but this row is train"
+                    str(prefs_path),
+                    i,
+                    "split",
+                    f"user {rec.user_id!r} is held out (test) in {users_path} but this row is train",
                 )
     return PreferenceData(prefs, users, str(prefs_path))
 

@@ -23,9 +23,7 @@ LAYOUTS = ("fspo", "rat", "oracle", "prefonly", "zeroshot")
 TASK_ZERO_SHOT = "Generate a response to the following question."
 TASK_PREFERRED = "Given the examples above, generate a preferred response to the following question."
 TASK_RESPONSE = "Given the examples above, generate a response to the following question."
-TASK_RAT = (
-    "Generate a user description based on the examples above. Then, generate a preferred response to the following question."
-)
+TASK_RAT = "Generate a user description based on the examples above. Then, generate a preferred response to the following question."
 TASK_RAT_PREFONLY = (
     "Generate a user description based on the examples above. Then, generate a response to the following question."
 )
@@ -155,4 +153,6 @@ def wrap_chat(tokenizer, prompt: str) -> str:
     """Optional chat-template wrapping for instruct models: the FSPO prompt becomes the user turn."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("this tokenizer has no chat template; use chat_template: false")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )

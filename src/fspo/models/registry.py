@@ -14,8 +14,14 @@ import torch
 from fspo.errors import FspoError
 
 PRESETS = ("tiny", "smollm2")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -34,6 +40,8 @@ def model_dir(spec: str) -> Path | None:
 
         return converted_dir()
     path = Path(spec)
+    if (path / "fspo_run.json").exists() and (path / "final" / "config.json").exists():
+        return path / "final"  # a training run folder: its final model
     if (path / "config.json").exists():
         return path
     if (path / "adapter_config.json").exists():

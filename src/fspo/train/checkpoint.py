@@ -1,0 +1,69 @@
+"""Checkpoints in Hugging Face format, written atomically, found again after a kill -9.
+
+A checkpoint folder ``step-000040/`` holds the model (``save_pretrained``; adapters only for
+LoRA), ``optimizer.pt``, ``scheduler.pt`` and ``trainer_state.json``. It is written under a
+temporary name and renamed when complete, so a folder named ``step-*`` is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dirs(stage_dir: Path) -> list[Path]:
+    root = stage_dir / "checkpoints"
+    if not root.exists():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    dirs = checkpoint_dirs(stage_dir)
+    return dirs[-1] if dirs else None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / STATE_FILE).read_text())
+
+
+def atomic_dir(final: Path, write) -> Path:
+    """Call ``write(tmp_dir)`` and rename the result to ``final`` (replacing an old one)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def prune(stage_dir: Path, keep: int) -> None:
+    for old in checkpoint_dirs(stage_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder using hard links where possible (a final model is hundreds of MB)."""
+
+    def write(tmp: Path) -> None:
+        for f in src.rglob("*"):
+            if f.is_file():
+                target = tmp / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copy2(f, target)
+
+    atomic_dir(dst, write)

@@ -1,0 +1,92 @@
+"""Training configuration: the YAML schema, the CLI flags and the record of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fspo.config import opt
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("examples/reviews", "prefs.jsonl, or a folder with prefs.jsonl (+ users.jsonl)")
+    shots: int = opt(4, "N: shots (labeled preferences of the same user) in each episode's context")
+    resamples: int | None = opt(None, "contexts per query preference (default 2(N+1), as in the paper)")
+    short_users: str = opt(
+        "shrink", "users with fewer than N+1 preferences: shrink N or skip", choices=["shrink", "skip"]
+    )
+    layout: str = opt("fspo", "prompt layout", choices=["fspo", "rat", "oracle", "prefonly", "zeroshot"])
+    chat_template: bool = opt(False, "wrap the FSPO prompt in the tokenizer's chat template (instruct models)")
+    max_length: int = opt(512, "token budget per sequence; whole shots are dropped (oldest first) to fit")
+    heldout_users: float = opt(
+        0.0, "extra fraction of training users to hold out as unseen users for evaluation (besides split=test users)"
+    )
+    eval_episodes: int = opt(32, "held-out episodes scored for reward accuracy during training (0 = none)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("smollm2", "tiny | smollm2 | path to a local Hugging Face model folder")
+    dtype: str = opt(
+        "float32", "float32 on CPU; bfloat16 is a GPU option (about 10x slower on CPUs without bf16 units)"
+    )
+    lora: bool = opt(False, "train LoRA adapters (peft); the reference is the same model with adapters disabled")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, more time")
+    ref: str | None = opt(None, "reference model for DPO/IPO (default: the model being trained, frozen at its start)")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("adamw", "adamw | rmsprop (the reference code's) | sgd", choices=["adamw", "rmsprop", "sgd"])
+    lr: float = opt(5e-5, "peak learning rate of the preference stage (or of the only stage)")
+    sft_lr: float | None = opt(None, "learning rate of the SFT stage in a two-stage recipe (default: lr)")
+    weight_decay: float = opt(0.0, "weight decay")
+    warmup_steps: int = opt(5, "linear warm-up steps")
+    schedule: str = opt(
+        "constant", "after warm-up: constant (reference) | cosine | linear", choices=["constant", "cosine", "linear"]
+    )
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    batch_size: int = opt(2, "episodes (pairs) per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    steps: int = opt(20, "optimizer steps of the preference stage (or of the only stage)")
+    sft_steps: int | None = opt(None, "optimizer steps of the SFT stage in a two-stage recipe (default: steps)")
+
+
+@dataclass
+class LossConfig:
+    name: str = opt(
+        "ipo",
+        "sft | dpo | ipo | sft+dpo | sft+ipo (two stages: SFT, then the preference loss with the SFT model as reference)",
+        choices=["sft", "dpo", "ipo", "sft+dpo", "sft+ipo"],
+    )
+    beta: float = opt(0.1, "β of DPO/IPO (reference code: IPO β=0.01 with sum reduction)")
+    label_smoothing: float = opt(0.0, "DPO conservative label smoothing ε")
+    reduction: str = opt(
+        "mean", "token log-prob reduction: mean (TRL's IPO) | sum (reference code)", choices=["mean", "sum"]
+    )
+    sft_weight: float = opt(
+        0.0, "add this weight × NLL of the chosen completion to the preference loss (keeps generation fluent)"
+    )
+    sft_rejected: bool = opt(False, "SFT also on rejected completions, as the reference code does (off: chosen only)")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    out: str = opt("runs/fspo", "run folder: checkpoints, metrics.jsonl, final model")
+    seed: int = opt(0, "seed for episode sampling, data order and initialization")
+    log_every: int = opt(1, "write metrics every N steps")
+    eval_every: int = opt(10, "score held-out reward accuracy every N steps (0 = only at the end)")
+    save_every: int = opt(10, "checkpoint every N steps (resume after a kill)")
+    keep_checkpoints: int = opt(2, "checkpoints kept per stage")
+    report_to: str = opt("none", "none | tensorboard | wandb", choices=["none", "tensorboard", "wandb"])
+    progress: bool = opt(True, "show progress bars")
+
+    def stages(self) -> list[str]:
+        return self.loss.name.split("+")

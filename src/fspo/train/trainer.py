@@ -1,0 +1,354 @@
+"""The training loop: SFT, DPO or IPO on few-shot episodes, readable top to bottom.
+
+One stage = one loss. ``sft+ipo`` runs SFT, then IPO with the SFT model as both the starting
+point and the frozen reference (the paper's recipe). Built on ``accelerate`` so the same loop
+runs on a CPU here and under ``accelerate launch`` (DDP/FSDP) on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fspo.data.io import write_jsonl, write_text_atomic
+from fspo.data.truncation import TokenizedPair
+from fspo.train import checkpoint as ckpt
+from fspo.train.batching import collate_pairs, completion_logps, split_pair_logps
+from fspo.train.config import TrainConfig
+from fspo.train.data import PreparedData, prepare_training_data
+from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
+
+RUN_FILE = "fspo_run.json"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = cfg.optim.optimizer
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batch_indices(n_items: int, step: int, micro: int, cfg: TrainConfig, seed: int) -> list[int]:
+    """Deterministic data order: epoch-wise seeded permutations, so step s always sees the same pairs."""
+    bs = cfg.optim.batch_size
+    start = (step * cfg.optim.grad_accum + micro) * bs
+    out = []
+    for pos in range(start, start + bs):
+        epoch, offset = divmod(pos, n_items)
+        perm = list(range(n_items))
+        random.Random(f"fspo-data:{seed}:{epoch}").shuffle(perm)
+        out.append(perm[offset])
+    return out
+
+
+def load_policy(spec: str, cfg: TrainConfig, resume_from: Path | None):
+    """The trainable model: from a checkpoint when resuming, else from ``spec``; LoRA wraps it."""
+    from fspo.models.registry import load_model
+
+    if resume_from is not None and not cfg.model.lora:
+        model, tok = load_model(str(resume_from), cfg.model.dtype, seed=cfg.seed)
+    else:
+        model, tok = load_model(spec, cfg.model.dtype, seed=cfg.seed)
+    if cfg.model.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resume_from is not None:
+            model = PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.model.lora_r,
+                lora_alpha=cfg.model.lora_alpha,
+                lora_dropout=cfg.model.lora_dropout,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.lora:
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model, tok
+
+
+def reference_logps(policy, ref_model, batch, reduction: str) -> torch.Tensor:
+    """Reference log-probs: a frozen copy, or the policy with its LoRA adapters disabled."""
+    with torch.no_grad():
+        if ref_model is not None:
+            return completion_logps(ref_model, batch, reduction)
+        with policy.disable_adapter():
+            return completion_logps(policy, batch, reduction)
+
+
+def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pad_id: int, device, stage: str) -> dict:
+    """Held-out reward accuracy (h > 0) for preference stages; log-likelihood accuracy for SFT."""
+    if not pairs:
+        return {}
+    policy.eval()
+    correct, margins, nll = 0, [], []
+    with torch.no_grad():
+        for i in range(0, len(pairs), cfg.optim.batch_size):
+            batch = collate_pairs(pairs[i : i + cfg.optim.batch_size], pad_id).to(device)
+            pc, pr = split_pair_logps(completion_logps(policy, batch, cfg.loss.reduction))
+            if stage == "sft":
+                h = pc - pr
+            else:
+                rc, rr = split_pair_logps(reference_logps(policy, ref_model, batch, cfg.loss.reduction))
+                h = log_ratio_margin(pc, pr, rc, rr)
+            correct += int((h > 0).sum())
+            margins += h.tolist()
+            nll += (-pc).tolist()
+    policy.train()
+    key = "eval/ll_accuracy" if stage == "sft" else "eval/reward_accuracy"
+    return {
+        key: correct / len(pairs),
+        "eval/margin": sum(margins) / len(margins),
+        "eval/chosen_nll": sum(nll) / len(nll),
+    }
+
+
+def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, device):
+    """Loss and metrics of one micro-batch."""
+    batch = collate_pairs(pairs, pad_id).to(device)
+    if stage == "sft":
+        if cfg.loss.sft_rejected:  # the reference code's behaviour, kept as an option
+            logps = completion_logps(policy, batch, cfg.loss.reduction)
+        else:
+            from fspo.train.batching import collate_completions
+
+            batch = collate_completions([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], pad_id).to(device)
+            logps = completion_logps(policy, batch, cfg.loss.reduction)
+        loss = sft_loss(logps)
+        return loss, {"loss": loss.item(), "nll": -logps.mean().item()}, batch.tokens
+    logps = completion_logps(policy, batch, cfg.loss.reduction)
+    pc, pr = split_pair_logps(logps)
+    rc, rr = split_pair_logps(reference_logps(policy, ref_model, batch, cfg.loss.reduction))
+    h = log_ratio_margin(pc, pr, rc, rr)
+    losses = preference_loss(stage, h, cfg.loss.beta, cfg.loss.label_smoothing)
+    loss = losses.mean()
+    if cfg.loss.sft_weight > 0:
+        loss = loss + cfg.loss.sft_weight * sft_loss(pc)
+    beta = cfg.loss.beta
+    metrics = {
+        "loss": loss.item(),
+        "reward_accuracy": (h > 0).float().mean().item(),
+        "margin": (beta * h).mean().item(),
+        "rewards/chosen": (beta * (pc - rc)).mean().item(),
+        "rewards/rejected": (beta * (pr - rr)).mean().item(),
+        "logps/chosen": pc.mean().item(),
+        "logps/rejected": pr.mean().item(),
+    }
+    return loss, metrics, batch.tokens
+
+
+def save_checkpoint(accelerator, policy, optimizer, scheduler, stage_dir: Path, step: int, cfg: TrainConfig) -> None:
+    if not accelerator.is_main_process:
+        return
+
+    def write(tmp: Path) -> None:
+        accelerator.unwrap_model(policy).save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
+
+    ckpt.atomic_dir(stage_dir / "checkpoints" / f"step-{step:06d}", write)
+    ckpt.prune(stage_dir, cfg.keep_checkpoints)
+
+
+def save_final(accelerator, policy, tokenizer, final_dir: Path, cfg: TrainConfig) -> None:
+    """The stage's result as a plain HF model folder (LoRA merged) that ``from_pretrained`` loads."""
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(policy)
+
+    def write(tmp: Path) -> None:
+        if cfg.model.lora:
+            model.save_pretrained(tmp / "adapter")
+            merged = model.merge_and_unload()
+            merged.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
+        tokenizer.save_pretrained(tmp)
+
+    ckpt.atomic_dir(final_dir, write)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged rows past the checkpoint so no step is logged twice."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    write_jsonl(path, [r for r in rows if r.get("step", 0) <= step])
+
+
+def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None, data: PreparedData, stage_dir: Path):
+    """Train one stage to ``cfg.optim.steps`` (or ``sft_steps``) optimizer steps; return the final folder."""
+    from accelerate import Accelerator
+
+    final_dir = stage_dir / "final"
+    if (final_dir / "config.json").exists():
+        print(f"[{stage}] already finished: {final_dir}")
+        return final_dir
+    two_stage = len(cfg.stages()) > 1
+    steps = (cfg.optim.sft_steps or cfg.optim.steps) if (stage == "sft" and two_stage) else cfg.optim.steps
+    lr = (cfg.optim.sft_lr or cfg.optim.lr) if (stage == "sft" and two_stage) else cfg.optim.lr
+    log_with = None if cfg.report_to == "none" else cfg.report_to
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=log_with,
+        project_dir=str(stage_dir),
+        mixed_precision="no",
+    )
+    set_seed(cfg.seed)
+    resume = ckpt.latest_checkpoint(stage_dir)
+    start_step = ckpt.read_state(resume)["step"] if resume else 0
+    policy, tok = load_policy(init_spec, cfg, resume)
+    ref_model = None
+    if stage != "sft" and not cfg.model.lora:
+        from fspo.models.registry import load_model
+
+        ref_model, _ = load_model(ref_spec or init_spec, cfg.model.dtype, seed=cfg.seed)
+        ref_model.requires_grad_(False).eval()
+        ref_model.to(accelerator.device)
+    optimizer = build_optimizer(policy, cfg, lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    metrics_path = stage_dir / "metrics.jsonl"
+    if resume:
+        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
+        truncate_metrics(metrics_path, start_step)
+        accelerator.print(f"[{stage}] resuming from {resume} (step {start_step}/{steps})")
+    if log_with:
+        accelerator.init_trackers(f"fspo-{stage}", config={"stage": stage, **asdict(cfg)})
+    policy.train()
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bar = tqdm(
+        total=steps,
+        initial=start_step,
+        desc=f"train {stage}",
+        disable=not (cfg.progress and accelerator.is_main_process),
+    )
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        for step in range(start_step, steps):
+            t0 = time.perf_counter()
+            tokens, agg = 0, {}
+            for micro in range(cfg.optim.grad_accum):
+                idx = batch_indices(len(data.train), step, micro, cfg, cfg.seed)
+                mine = [data.train[i] for i in idx[rank::world]] or [data.train[idx[0]]]
+                last = micro == cfg.optim.grad_accum - 1
+                with nullcontext() if last else accelerator.no_sync(policy):
+                    loss, m, n_tok = stage_loss(stage, policy, ref_model, mine, cfg, pad_id, accelerator.device)
+                    accelerator.backward(loss / cfg.optim.grad_accum)
+                tokens += n_tok
+                for k, v in m.items():
+                    agg[k] = agg.get(k, 0.0) + v / cfg.optim.grad_accum
+            grad_norm = None
+            if cfg.optim.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - t0
+            row = {
+                "stage": stage,
+                "step": step + 1,
+                **agg,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens * world / seconds,
+                "step_seconds": seconds,
+            }
+            done = step + 1
+            if data.eval and ((cfg.eval_every and done % cfg.eval_every == 0) or done == steps):
+                row.update(evaluate(policy, ref_model, data.eval, cfg, pad_id, accelerator.device, stage))
+            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == steps or "eval/margin" in row):
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if log_with:
+                    accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
+            bar.set_postfix(
+                {k: f"{row[k]:.3g}" for k in ("loss", "reward_accuracy", "eval/reward_accuracy") if k in row}
+            )
+            bar.update(1)
+            if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+                save_checkpoint(accelerator, policy, optimizer, scheduler, stage_dir, done, cfg)
+    bar.close()
+    save_final(accelerator, policy, tok, final_dir, cfg)
+    if log_with:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run every stage of ``cfg.loss.name``; return the run folder (its ``final/`` is the model)."""
+    from fspo.models.registry import load_tokenizer
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tok = load_tokenizer(cfg.model.name)
+    data = prepare_training_data(cfg.data, tok, cfg.seed)
+    for line in data.lines():
+        print(line)
+    write_jsonl(out / "heldout_users.jsonl", [{"user_id": u} for u in data.heldout_users])
+    init, ref = cfg.model.name, cfg.model.ref
+    stage_dirs = {}
+    for stage in cfg.stages():
+        stage_dir = out / stage if len(cfg.stages()) > 1 else out
+        final = run_stage(stage, cfg, init, ref, data, stage_dir)
+        stage_dirs[stage] = str(final)
+        init = str(final)
+        ref = None  # after SFT, the SFT model is both the start and the reference
+    if len(cfg.stages()) > 1:
+        ckpt.link_tree(Path(stage_dirs[cfg.stages()[-1]]), out / "final")
+    record = {
+        "config": asdict(cfg),
+        "layout": cfg.data.layout,
+        "n_shots": cfg.data.shots,
+        "chat_template": cfg.data.chat_template,
+        "max_length": cfg.data.max_length,
+        "stages": stage_dirs,
+        "base_model": cfg.model.name,
+        "heldout_users": data.heldout_users,
+        "data_summary": data.lines(),
+    }
+    write_text_atomic(out / RUN_FILE, json.dumps(record, indent=2))
+    print(f"model: {out / 'final'}")
+    return out
