@@ -1,0 +1,251 @@
+"""The personalization engine shared by ``fspo personalize``, ``fspo serve`` and ``fspo study``.
+
+A user's few-shot context (their labeled pairs) is the long, stable part of every prompt; the
+question is short. So the engine keeps, per user, the KV cache of the prompt's token ids up to
+the end of the shots (a bounded LRU), and a repeat question only encodes the question. Reuse is
+decided by comparing token ids, never by trusting a key alone: a cache entry is used only if its
+ids are an exact prefix of the new prompt's ids, so a stale entry (the user changed their
+preferences) or a tokenization difference at the boundary silently falls back to recomputing.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fspo.data.prompts import generation_prefix, parse_generation, render_prompt, render_shots, wrap_chat
+from fspo.data.schema import PreferenceRecord
+from fspo.errors import FspoError
+from fspo.llm.base import GenerationParams
+from fspo.serve.runinfo import RunInfo
+
+# A generation that starts a new example or task block is finished.
+STOP_STRINGS = ("\n# Example", "\n# Task", "\n## Question", "\n## Dispreferred")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A prompt ready to generate from: the full text and the part that depends only on the shots."""
+
+    text: str
+    prefix_text: str
+    ids: list[int]
+    shots_used: int
+    shots_available: int
+
+
+@dataclass(frozen=True)
+class Personalized:
+    """One generation with what it was conditioned on and how much of the prompt came from cache."""
+
+    answer: str
+    description: str | None
+    raw: str
+    prompt: str
+    shots_used: int
+    shots_available: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+@dataclass
+class _Entry:
+    ids: list[int]
+    cache: object
+
+
+class PrefixCache:
+    """A bounded LRU of per-user KV caches. Not thread-safe on its own: the engine holds a lock."""
+
+    def __init__(self, max_users: int = 32) -> None:
+        self.max_users = max_users
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, user_id: str) -> _Entry | None:
+        entry = self._entries.get(user_id)
+        if entry is not None:
+            self._entries.move_to_end(user_id)
+        return entry
+
+    def put(self, user_id: str, entry: _Entry) -> None:
+        if self.max_users <= 0:
+            return
+        self._entries[user_id] = entry
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self.max_users:
+            self._entries.popitem(last=False)
+
+    def drop(self, user_id: str) -> None:
+        self._entries.pop(user_id, None)
+
+    def users(self) -> list[str]:
+        return list(self._entries)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Engine:
+    """Generate personalized answers from a user's preference pairs with one loaded model."""
+
+    def __init__(self, model, tokenizer, info: RunInfo, cache_users: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = info
+        self.cache = PrefixCache(cache_users)
+        self._lock = threading.Lock()
+        self._add_special = not info.chat_template
+        # transformers renamed ``past_key_values`` to ``cache``; support both spellings.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def load(cls, info: RunInfo, cache_users: int = 32, dtype: str = "float32") -> Engine:
+        from fspo.models.registry import load_model
+
+        model, tok = load_model(info.spec, dtype=dtype)
+        return cls(model, tok, info, cache_users)
+
+    # ---- prompts -------------------------------------------------------------------------
+    def _wrap(self, prompt: str) -> str:
+        text = wrap_chat(self.tokenizer, prompt) if self.info.chat_template else prompt
+        return text
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=self._add_special)["input_ids"]
+
+    def render(
+        self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
+    ) -> Rendered:
+        """The prompt for ``question`` with the most recent ``n_shots`` shots that fit ``max_length``.
+
+        Whole shots are dropped oldest first; the question is never cut. If even the bare question
+        does not fit, that is the caller's error.
+        """
+        layout = layout or self.info.layout
+        available = list(shots)[-self.info.n_shots :] if self.info.n_shots else []
+        if layout == "zeroshot":
+            available = []
+        budget = self.info.max_length - max_new_tokens
+        for drop in range(len(available) + 1):
+            kept = available[drop:]
+            prompt = render_prompt(kept, question, layout)
+            text = self._wrap(prompt) + generation_prefix(layout)
+            ids = self._encode(text)
+            if len(ids) <= budget:
+                shots_block = render_shots(kept, layout) if kept else ""
+                cut = text.find(shots_block) + len(shots_block) if shots_block else 0
+                return Rendered(text, text[:cut], ids, len(kept), len(list(shots)))
+        raise FspoError(
+            f"the question alone is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
+            f"max_length of {self.info.max_length}"
+        )
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _prefill(self, ids: list[int]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self.model(input_ids=torch.tensor([ids]), use_cache=True, **{self._cache_kw: cache})
+        return cache
+
+    @torch.no_grad()
+    def _decode(self, ids: list[int], params: GenerationParams, cache=None) -> list[int]:
+        tok = self.tokenizer
+        sample = params.temperature > 0
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            stop_strings=list(STOP_STRINGS),
+            tokenizer=tok,
+        )
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        input_ids = torch.tensor([ids])
+        with torch.random.fork_rng():
+            torch.manual_seed(params.seed)
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        return out[0, len(ids) :].tolist()
+
+    def generate(
+        self,
+        user_id: str,
+        shots: Sequence[PreferenceRecord],
+        question: str,
+        params: GenerationParams | None = None,
+        use_cache: bool = True,
+        layout: str | None = None,
+    ) -> Personalized:
+        """Answer ``question`` for ``user_id`` conditioned on ``shots`` (their pairs, oldest first)."""
+        params = params or GenerationParams()
+        layout = layout or self.info.layout
+        rendered = self.render(shots, question, params.max_new_tokens, layout)
+        start = time.perf_counter()
+        with self._lock:
+            cached = 0
+            if use_cache and rendered.prefix_text:
+                entry = self._cached_prefix(user_id, rendered)
+                cached = len(entry.ids)
+                # Generation extends the cache in place, so it runs on a copy (cheap next to re-encoding).
+                work = copy.deepcopy(entry.cache) if entry.cache is not None else None
+                new = self._decode(rendered.ids, params, work)
+            else:
+                new = self._decode(rendered.ids, params)
+        raw = self.tokenizer.decode(new, skip_special_tokens=True)
+        for stop in STOP_STRINGS:
+            raw = raw.split(stop)[0]
+        answer, description = parse_generation(raw, layout)
+        return Personalized(
+            answer=answer,
+            description=description,
+            raw=raw,
+            prompt=rendered.text,
+            shots_used=rendered.shots_used,
+            shots_available=rendered.shots_available,
+            prompt_tokens=len(rendered.ids),
+            cached_tokens=cached,
+            completion_tokens=len(new),
+            seconds=time.perf_counter() - start,
+        )
+
+    def baseline(self, question: str, params: GenerationParams | None = None) -> Personalized:
+        """The same model without the user's context (the zero-shot layout): a study's baseline arm."""
+        return self.generate("", [], question, params, use_cache=False, layout="zeroshot")
+
+    def invalidate(self, user_id: str) -> None:
+        """Forget a user's cached prefix (after their preferences change or they are deleted)."""
+        with self._lock:
+            self.cache.drop(user_id)
+
+    def _cached_prefix(self, user_id: str, rendered: Rendered) -> _Entry:
+        ids = rendered.ids
+        entry = self.cache.get(user_id)
+        if entry is not None and len(entry.ids) < len(ids) and ids[: len(entry.ids)] == entry.ids:
+            return entry
+        k = _common_prefix(self._encode(rendered.prefix_text), ids)
+        k = min(k, len(ids) - 1)
+        entry = _Entry(ids[:k], self._prefill(ids[:k]) if k > 0 else None)
+        self.cache.put(user_id, entry)
+        return entry
