@@ -82,3 +82,24 @@ def completion_logps(model, batch: CompletionBatch, reduction: str = "mean") -> 
 def split_pair_logps(logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
+
+
+def pair_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, shared_prefix: bool = False):
+    """(chosen, rejected) reduced log-probs of a batch of pairs.
+
+    ``shared_prefix`` runs each pair as one sequence (prompt once, both completions masked from
+    each other, see ``fspo.train.packing``); otherwise chosen and rejected rows are separate.
+    """
+    if shared_prefix:
+        from fspo.train.packing import packed_pair_logps
+
+        return packed_pair_logps(model, pairs, pad_id, reduction, device)
+    batch = collate_pairs(pairs, pad_id).to(device)
+    return split_pair_logps(completion_logps(model, batch, reduction))
+
+
+def pair_tokens(pairs: Sequence[TokenizedPair], shared_prefix: bool = False) -> int:
+    """Tokens a forward pass over these pairs processes (for tokens/s)."""
+    if shared_prefix:
+        return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)

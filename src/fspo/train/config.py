@@ -53,6 +53,9 @@ class OptimConfig:
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     steps: int = opt(20, "optimizer steps of the preference stage (or of the only stage)")
     sft_steps: int | None = opt(None, "optimizer steps of the SFT stage in a two-stage recipe (default: steps)")
+    shared_prefix: bool = opt(
+        False, "run each pair as one sequence: the prompt once, chosen and rejected masked from each other"
+    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fspo.data.io import write_jsonl, write_text_atomic
 from fspo.data.truncation import TokenizedPair
 from fspo.train import checkpoint as ckpt
-from fspo.train.batching import collate_pairs, completion_logps, split_pair_logps
+from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
 from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
@@ -104,13 +104,13 @@ def load_policy(spec: str, cfg: TrainConfig, resume_from: Path | None):
     return model, tok
 
 
-def reference_logps(policy, ref_model, batch, reduction: str) -> torch.Tensor:
+def reference_logps(policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, device):
     """Reference log-probs: a frozen copy, or the policy with its LoRA adapters disabled."""
     with torch.no_grad():
         if ref_model is not None:
-            return completion_logps(ref_model, batch, reduction)
+            return pair_logps(ref_model, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
         with policy.disable_adapter():
-            return completion_logps(policy, batch, reduction)
+            return pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
 
 
 def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pad_id: int, device, stage: str) -> dict:
@@ -121,12 +121,12 @@ def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pa
     correct, margins, nll = 0, [], []
     with torch.no_grad():
         for i in range(0, len(pairs), cfg.optim.batch_size):
-            batch = collate_pairs(pairs[i : i + cfg.optim.batch_size], pad_id).to(device)
-            pc, pr = split_pair_logps(completion_logps(policy, batch, cfg.loss.reduction))
+            chunk = pairs[i : i + cfg.optim.batch_size]
+            pc, pr = pair_logps(policy, chunk, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
             if stage == "sft":
                 h = pc - pr
             else:
-                rc, rr = split_pair_logps(reference_logps(policy, ref_model, batch, cfg.loss.reduction))
+                rc, rr = reference_logps(policy, ref_model, chunk, cfg, pad_id, device)
                 h = log_ratio_margin(pc, pr, rc, rr)
             correct += int((h > 0).sum())
             margins += h.tolist()
@@ -141,21 +141,17 @@ def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pa
 
 
 def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, device):
-    """Loss and metrics of one micro-batch."""
-    batch = collate_pairs(pairs, pad_id).to(device)
+    """Loss, metrics and processed-token count of one micro-batch."""
     if stage == "sft":
-        if cfg.loss.sft_rejected:  # the reference code's behaviour, kept as an option
-            logps = completion_logps(policy, batch, cfg.loss.reduction)
-        else:
-            from fspo.train.batching import collate_completions
-
-            batch = collate_completions([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], pad_id).to(device)
-            logps = completion_logps(policy, batch, cfg.loss.reduction)
+        # Chosen completions only by default; the reference code also trains on rejected ones.
+        completions = [p.chosen_ids for p in pairs] + ([p.rejected_ids for p in pairs] if cfg.loss.sft_rejected else [])
+        prompts = [p.prompt_ids for p in pairs] * (2 if cfg.loss.sft_rejected else 1)
+        batch = collate_completions(prompts, completions, pad_id).to(device)
+        logps = completion_logps(policy, batch, cfg.loss.reduction)
         loss = sft_loss(logps)
         return loss, {"loss": loss.item(), "nll": -logps.mean().item()}, batch.tokens
-    logps = completion_logps(policy, batch, cfg.loss.reduction)
-    pc, pr = split_pair_logps(logps)
-    rc, rr = split_pair_logps(reference_logps(policy, ref_model, batch, cfg.loss.reduction))
+    pc, pr = pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
+    rc, rr = reference_logps(policy, ref_model, pairs, cfg, pad_id, device)
     h = log_ratio_margin(pc, pr, rc, rr)
     losses = preference_loss(stage, h, cfg.loss.beta, cfg.loss.label_smoothing)
     loss = losses.mean()
@@ -171,7 +167,7 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
         "logps/chosen": pc.mean().item(),
         "logps/rejected": pr.mean().item(),
     }
-    return loss, metrics, batch.tokens
+    return loss, metrics, pair_tokens(pairs, cfg.optim.shared_prefix)
 
 
 def save_checkpoint(accelerator, policy, optimizer, scheduler, stage_dir: Path, step: int, cfg: TrainConfig) -> None:
