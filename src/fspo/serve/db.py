@@ -25,8 +25,7 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        with self.write() as con:
-            con.executescript(schema)
+        self.connect().executescript(schema)  # executescript commits on its own
 
     def connect(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)

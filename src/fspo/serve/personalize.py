@@ -52,7 +52,7 @@ class Personalized:
     shots_used: int
     shots_available: int
     prompt_tokens: int
-    cached_tokens: int
+    cached_tokens: int  # prompt tokens whose KV came from this user's cache (0 on a miss)
     completion_tokens: int
     seconds: float
 
@@ -206,8 +206,8 @@ class Engine:
         with self._lock:
             cached = 0
             if use_cache and rendered.prefix_text:
-                entry = self._cached_prefix(user_id, rendered)
-                cached = len(entry.ids)
+                entry, hit = self._cached_prefix(user_id, rendered)
+                cached = len(entry.ids) if hit else 0
                 # Generation extends the cache in place, so it runs on a copy (cheap next to re-encoding).
                 work = copy.deepcopy(entry.cache) if entry.cache is not None else None
                 new = self._decode(rendered.ids, params, work)
@@ -239,13 +239,14 @@ class Engine:
         with self._lock:
             self.cache.drop(user_id)
 
-    def _cached_prefix(self, user_id: str, rendered: Rendered) -> _Entry:
+    def _cached_prefix(self, user_id: str, rendered: Rendered) -> tuple[_Entry, bool]:
+        """The user's cache entry if its ids prefix this prompt (a hit), else a freshly encoded one."""
         ids = rendered.ids
         entry = self.cache.get(user_id)
         if entry is not None and len(entry.ids) < len(ids) and ids[: len(entry.ids)] == entry.ids:
-            return entry
+            return entry, True
         k = _common_prefix(self._encode(rendered.prefix_text), ids)
         k = min(k, len(ids) - 1)
         entry = _Entry(ids[:k], self._prefill(ids[:k]) if k > 0 else None)
         self.cache.put(user_id, entry)
-        return entry
+        return entry, False

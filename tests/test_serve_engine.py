@@ -1,0 +1,130 @@
+"""The personalization engine: prefix-cache reuse gives the same tokens as no cache; truncation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fspo.data.schema import PreferenceRecord
+from fspo.errors import FspoError
+from fspo.llm.base import GenerationParams
+from fspo.serve.personalize import Engine
+from fspo.serve.runinfo import RunInfo, resolve_run
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(resolve_run("tiny"), cache_users=2)
+
+
+def shots(user: str, n: int, tag: str = "") -> list[PreferenceRecord]:
+    return [
+        PreferenceRecord(user, f"Review film {tag}{i}.", f"A bright happy film {tag}{i}.", f"Dull {tag}{i}.")
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_prefix_matches_no_cache(engine: Engine, temperature: float) -> None:
+    s = shots("u1", 4)
+    params = GenerationParams(max_new_tokens=24, temperature=temperature, seed=7)
+    engine.invalidate("u1")
+    plain = engine.generate("u1", s, "Review the movie.", params, use_cache=False)
+    cold = engine.generate("u1", s, "Review the movie.", params)
+    warm = engine.generate("u1", s, "Review the movie.", params)
+    other_q = engine.generate("u1", s, "What is the best way to cook?", params)
+    other_plain = engine.generate("u1", s, "What is the best way to cook?", params, use_cache=False)
+    assert plain.cached_tokens == 0
+    assert cold.cached_tokens == 0 and warm.cached_tokens > 0 and warm.cached_tokens == other_q.cached_tokens
+    assert plain.raw == cold.raw == warm.raw
+    assert other_q.raw == other_plain.raw
+    assert plain.completion_tokens == warm.completion_tokens
+
+
+def test_changed_preferences_do_not_reuse_stale_prefix(engine: Engine) -> None:
+    params = GenerationParams(max_new_tokens=8, temperature=1.0, seed=1)
+    engine.generate("u2", shots("u2", 3), "q?", params)
+    changed = shots("u2", 3, tag="x")
+    got = engine.generate("u2", changed, "q?", params)
+    assert got.raw == engine.generate("u2", changed, "q?", params, use_cache=False).raw
+    assert "Review film x0." in got.prompt and "Review film 0." not in got.prompt
+
+
+def test_lru_is_bounded(engine: Engine) -> None:
+    params = GenerationParams(max_new_tokens=2)
+    for u in ("a", "b", "c"):
+        engine.generate(u, shots(u, 2), "q?", params)
+    assert engine.cache.users() == ["b", "c"]
+
+
+def test_truncation_drops_oldest_whole_shots_never_the_question(engine: Engine) -> None:
+    small = Engine(engine.model, engine.tokenizer, RunInfo("tiny", n_shots=8, max_length=260))
+    s = shots("u", 8)
+    r = small.render(s, "The question stays.", max_new_tokens=16)
+    assert 0 < r.shots_used < 8 and r.shots_available == 8
+    assert len(r.ids) <= 260 - 16
+    assert "The question stays." in r.text
+    assert f"Review film {8 - r.shots_used}." in r.text and "Review film 0." not in r.text
+    with pytest.raises(FspoError, match="max_length"):
+        small.render(s, "long " * 400, max_new_tokens=16)
+
+
+def test_only_most_recent_n_shots(engine: Engine) -> None:
+    r = engine.render(shots("u", 6), "q?")
+    assert r.shots_used == 4 and "Review film 2." in r.text and "Review film 1." not in r.text
+
+
+def test_rat_layout_returns_description(engine: Engine) -> None:
+    rat = Engine(engine.model, engine.tokenizer, RunInfo("tiny", layout="rat"))
+    out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=6, temperature=1.0, seed=2))
+    assert out.prompt.endswith("## User Description\n")
+    assert out.description is not None or out.answer == ""
+
+
+def test_resolve_run_folder(tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "fspo_run.json").write_text(json.dumps({"layout": "rat", "n_shots": 8, "max_length": 1024}))
+    info = resolve_run(str(run))
+    assert (info.spec, info.layout, info.n_shots, info.max_length) == (str(run / "final"), "rat", 8, 1024)
+    assert resolve_run(str(run), layout="fspo", n_shots=2).n_shots == 2
+    assert resolve_run("tiny").layout == "fspo"
+    with pytest.raises(FspoError):
+        resolve_run(str(tmp_path / "missing"))
+    (run / "fspo_run.json").write_text("{not json")
+    with pytest.raises(FspoError, match="fspo_run.json"):
+        resolve_run(str(run))
+
+
+def test_personalize_cli(tmp_path, capsys) -> None:
+    from fspo.cli import main
+
+    prefs = tmp_path / "p.jsonl"
+    rows = [{"user_id": "me", "prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    prefs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["personalize", "--model", "tiny", "--prefs", str(prefs), "--max-new-tokens", "4", "Hi?"]) == 0
+    assert "3 of 3 preference pairs used" in capsys.readouterr().err
+    rows.append({"user_id": "other", "prompt": "Q?", "chosen": "x", "rejected": "y"})
+    prefs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["personalize", "--model", "tiny", "--prefs", str(prefs), "Hi?"]) == 2
+    assert "--user" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "personalize",
+                "--model",
+                "tiny",
+                "--prefs",
+                str(prefs),
+                "--user",
+                "other",
+                "--max-new-tokens",
+                "2",
+                "--layout",
+                "rat",
+                "Hi?",
+            ]
+        )
+        == 0
+    )
