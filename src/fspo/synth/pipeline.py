@@ -1,0 +1,312 @@
+"""The resumable synth run: personas -> questions -> responses -> pairs -> labels -> refinement -> files.
+
+Every model call goes through the SQLite call cache in ``OUT/.cache/calls.sqlite``, so a run that
+is killed (even with kill -9) and started again replays completed calls and only sends the rest.
+All randomness is seeded, and the final files are written atomically at the end, so a resumed run
+writes the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fspo.data.io import write_jsonl, write_text_atomic
+from fspo.data.schema import PreferenceRecord, UserProfile
+from fspo.data.splits import assign_splits, split_users
+from fspo.errors import FspoError
+from fspo.llm.cache import CachedBackend, CallCache
+from fspo.synth import diagnostics as diag_mod
+from fspo.synth.domain import Domain, load_domain
+from fspo.synth.judge import Outcome, attribute_outcome, judge_pairs
+from fspo.synth.personas import build_users
+from fspo.synth.questions import build_questions
+from fspo.synth.refine import refine
+from fspo.synth.responses import build_responses
+
+CACHE_NAME = ".cache/calls.sqlite"
+
+
+@dataclass
+class SynthConfig:
+    domain: str
+    users: int
+    questions: int
+    out: Path
+    seed: int = 0
+    heldout_users: float = 0.25
+    heldout_questions: float = 0.0
+    labeler: str | None = None  # overrides the domain's labeler
+    responses: str | None = None  # overrides the domain's response source
+    judge_mode: str = "auto"  # auto | text | logprob
+    refine: bool | None = None  # overrides the domain's refine.enabled
+    embed: bool = True
+    plots: bool = True
+    resume: bool = True
+    questions_file: str | None = None
+    progress: bool = True
+
+
+def _needs_llm(domain: Domain, cfg: SynthConfig) -> list[str]:
+    needs = []
+    if domain.response_source != "templates":
+        needs.append(f"responses.source={domain.response_source}")
+    if domain.labeler == "judge":
+        needs.append("labeler=judge")
+    if domain.questions.get("source") == "generate":
+        needs.append("questions.source=generate")
+    return needs
+
+
+def select_pairs(
+    domain: Domain,
+    users: list[UserProfile],
+    questions: list[dict],
+    responses: list[list[dict]],
+    seed: int,
+    counts: Counter,
+) -> tuple[list[dict], list[Outcome | None]]:
+    """Per user and question, pairs that differ on an axis the user cares about (decisive ones for attributes).
+
+    Candidate pairs are shuffled per question (not per user), so users share pairs and the
+    disagreement matrix has common ground; the shown order of each pair is shuffled per user.
+    """
+    pairs: list[dict] = []
+    outcomes: list[Outcome | None] = []
+    attribute = domain.labeler == "attribute"
+    for qi, q in enumerate(questions):
+        resp = responses[qi]
+        cand = [(i, j) for i in range(len(resp)) for j in range(i + 1, len(resp))]
+        random.Random(f"fspo-pairs:{seed}:{qi}").shuffle(cand)
+        for user in users:
+            cares = [a for a in domain.steer_axes if a in user.attributes]
+            taken = 0
+            for i, j in cand:
+                a, b = resp[i], resp[j]
+                if cares and all(a["steer"].get(x) == b["steer"].get(x) for x in cares):
+                    continue
+                out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
+                if out is not None and out.label == 0:
+                    counts["pairs_skipped_attribute_tie"] += 1
+                    continue
+                if random.Random(f"fspo-order:{seed}:{user.user_id}:{qi}:{i}:{j}").random() < 0.5:
+                    a, b = b, a
+                    out = replace(out, label=-out.label, p_first=1 - out.p_first) if out else None
+                pairs.append(
+                    {
+                        "user": user.user_id,
+                        "qi": qi,
+                        "question": q["question"],
+                        "first": a["text"],
+                        "second": b["text"],
+                        "first_resp": a,
+                        "second_resp": b,
+                    }
+                )
+                outcomes.append(out)
+                taken += 1
+                if taken >= domain.pairs_per_question:
+                    break
+            if taken == 0:
+                counts["user_questions_without_pair"] += 1
+    counts["pairs_selected"] += len(pairs)
+    return pairs, outcomes
+
+
+def _entropy_by_user(pairs: list[dict], outcomes: list[Outcome], users: list[str]) -> dict[str, float]:
+    by: dict[str, list[float]] = {u: [] for u in users}
+    for p, o in zip(pairs, outcomes):
+        by[p["user"]].append(o.entropy)
+    return {u: round(statistics.fmean(v), 4) if v else 0.0 for u, v in by.items()}
+
+
+def _winner_labels(domain: Domain, pairs, outcomes, users: list[UserProfile]) -> dict[str, dict[str, str]]:
+    """user -> pair key -> winning response id, for the disagreement matrix."""
+    labels: dict[str, dict[str, str]] = {u.user_id: {} for u in users}
+    keyed = {}
+    for p, o in zip(pairs, outcomes):
+        key = f"q{p['qi']}:" + "|".join(sorted((p["first_resp"]["id"], p["second_resp"]["id"])))
+        keyed[key] = p
+        if o.label:
+            labels[p["user"]][key] = (p["first_resp"] if o.label > 0 else p["second_resp"])["id"]
+    if domain.labeler == "attribute":  # exact labels are free: label every shared pair for every user
+        for u in users:
+            for key, p in keyed.items():
+                o = attribute_outcome(u.attributes, p["first"], p["second"])
+                if o.label:
+                    labels[u.user_id][key] = (p["first_resp"] if o.label > 0 else p["second_resp"])["id"]
+    return labels
+
+
+def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
+    """Run the pipeline; ``llms`` generate (an ensemble when several), ``judge_llm`` labels (default llms[0])."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    domain = load_domain(cfg.domain)
+    if cfg.labeler:
+        domain.labeler = cfg.labeler
+    if cfg.responses:
+        domain.responses["source"] = cfg.responses
+    if domain.response_source == "templates" and not domain.templates:
+        raise FspoError(f"{domain.path}: templates: response source 'templates' needs a templates section")
+    if cfg.users < 1 or cfg.questions < 1:
+        raise FspoError("--users and --questions must be at least 1")
+    needs = _needs_llm(domain, cfg)
+    if needs and not llms:
+        raise FspoError(f"domain {domain.name} needs an LLM ({', '.join(needs)}): pass --backend local|openai|scripted")
+    out = Path(cfg.out)
+    cache_path = out / CACHE_NAME
+    if not cfg.resume and cache_path.exists():
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(cache_path) + suffix).unlink(missing_ok=True)
+    cache = CallCache(cache_path)
+    wrapped = [CachedBackend(b, cache, progress=cfg.progress) for b in llms]
+    judge = CachedBackend(judge_llm, cache, progress=cfg.progress) if judge_llm is not None else (wrapped or [None])[0]
+    counts: Counter = Counter()
+    llm0 = wrapped[0] if wrapped else None
+
+    def stage(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 3)
+
+    s = time.perf_counter()
+    users = build_users(domain, cfg.users, cfg.seed, llm=llm0)
+    counts["users"] = len(users)
+    stage("personas", s)
+
+    s = time.perf_counter()
+    questions = build_questions(domain, cfg.questions, cfg.seed, llm=llm0, extra_file=cfg.questions_file)
+    counts["questions"] = len(questions)
+    stage("questions", s)
+
+    s = time.perf_counter()
+    responses = build_responses(domain, questions, cfg.seed, wrapped, counts)
+    stage("responses", s)
+
+    s = time.perf_counter()
+    pairs, outcomes = select_pairs(domain, users, questions, responses, cfg.seed, counts)
+    if domain.labeler == "judge":
+        descs = {u.user_id: u.description for u in users}
+
+        def relabel(idx: list[int], descriptions: dict[str, str]) -> list[Outcome]:
+            items = [
+                (descriptions[pairs[i]["user"]], pairs[i]["question"], pairs[i]["first"], pairs[i]["second"])
+                for i in idx
+            ]
+            return judge_pairs(judge, items, cfg.judge_mode, desc="judge")
+
+        outcomes = relabel(list(range(len(pairs))), descs)
+        judge_name = f"{judge.name}:{'logprob' if cfg.judge_mode == 'logprob' or (cfg.judge_mode == 'auto' and judge.can_score_choices) else 'text'}"
+    else:
+        judge_name = "attribute"
+    stage("label", s)
+    before = list(outcomes)
+
+    s = time.perf_counter()
+    facts: dict[str, list[str]] = {}
+    do_refine = cfg.refine if cfg.refine is not None else bool(domain.refine.get("enabled", False))
+    if do_refine and domain.labeler == "judge" and pairs:
+        descs, outcomes, facts = refine(
+            judge,
+            descs,
+            pairs,
+            outcomes,
+            relabel,
+            int(domain.refine.get("rounds", 1)),
+            int(domain.refine.get("max_facts", 2)),
+            cfg.seed,
+        )
+        users = [replace(u, description=descs[u.user_id]) for u in users]
+    counts["refine_facts_added"] = sum(len(v) for v in facts.values())
+    stage("refine", s)
+
+    # orient, split, write
+    records: list[PreferenceRecord] = []
+    for p, o in zip(pairs, outcomes):
+        if o.label == 0:
+            counts["pairs_dropped_invalid" if not o.valid else "pairs_dropped_inconsistent"] += 1
+            continue
+        ch, rj = (p["first_resp"], p["second_resp"]) if o.label > 0 else (p["second_resp"], p["first_resp"])
+        gens = sorted({ch["generator"], rj["generator"]})
+        meta = {
+            "domain": domain.name,
+            "question_id": f"q{p['qi']:03d}",
+            "generator": "+".join(gens),
+            "judge": judge_name,
+            "consistent": o.consistent,
+            "p_chosen": round(o.p_first if o.label > 0 else 1 - o.p_first, 4),
+            "chosen_steer": ch["steer"],
+            "rejected_steer": rj["steer"],
+            "chosen_generator": ch["generator"],
+            "rejected_generator": rj["generator"],
+        }
+        records.append(PreferenceRecord(p["user"], p["question"], ch["text"], rj["text"], "train", meta))
+    ids = [u.user_id for u in users]
+    _, heldout = split_users(ids, cfg.heldout_users, cfg.seed) if len(ids) > 1 else (ids, [])
+    qtexts = sorted({q["question"] for q in questions})
+    random.Random(f"fspo-heldout-questions:{cfg.seed}").shuffle(qtexts)
+    heldout_q = qtexts[: round(len(qtexts) * cfg.heldout_questions)]
+    records = assign_splits(records, heldout, heldout_q)
+    users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
+    if not records:
+        raise FspoError("no preference survived labeling (see the counts above); try more questions or another judge")
+    counts["prefs_written"] = len(records)
+    counts["prefs_train"] = sum(r.split == "train" for r in records)
+    counts["prefs_test"] = sum(r.split == "test" for r in records)
+    counts["users_without_prefs"] = len(set(ids) - {r.user_id for r in records})
+
+    s = time.perf_counter()
+    judged = len(before)
+    oc = {"before": None, "after": None}
+    if domain.labeler == "judge" and judged:
+        oc = {
+            "before": round(sum(o.consistent for o in before) / judged, 4),
+            "after": round(sum(o.consistent for o in outcomes) / judged, 4),
+        }
+    ent_b, ent_a = _entropy_by_user(pairs, before, ids), _entropy_by_user(pairs, outcomes, ids)
+    groups = [[r["text"] for r in resp] for resp in responses]
+    sim, sims = diag_mod.similarity_stats(groups) if cfg.embed else ({"mean": None, "median": None, "pairs": 0}, [])
+    matrix = diag_mod.disagreement_matrix(_winner_labels(domain, pairs, outcomes, users), ids)
+    off = [x for i, row in enumerate(matrix) for j, x in enumerate(row) if i != j and x is not None]
+    diag = {
+        "domain": domain.name,
+        "seed": cfg.seed,
+        "labeler": domain.labeler,
+        "judge": judge_name,
+        "response_source": domain.response_source,
+        "users": len(users),
+        "heldout_users": len(heldout),
+        "questions": len(questions),
+        "counts": dict(sorted(counts.items())),
+        "similarity": sim,
+        "order_consistency": oc,
+        "entropy": {
+            "before": ent_b,
+            "after": ent_a,
+            "mean_before": round(statistics.fmean(ent_b.values()), 4),
+            "mean_after": round(statistics.fmean(ent_a.values()), 4),
+        },
+        "disagreement": {"users": ids, "matrix": matrix, "mean": round(statistics.fmean(off), 4) if off else None},
+        "refine_facts": facts,
+    }
+    for _ in tqdm(range(1), desc="diagnostics", disable=not cfg.progress):
+        diag_mod.write_diagnostics(out / "diagnostics", diag, sims, ids, plots=cfg.plots)
+    stage("diagnostics", s)
+
+    write_jsonl(out / "users.jsonl", users)
+    write_jsonl(out / "prefs.jsonl", records)
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    run = {
+        "timings_s": timings,
+        "cache": {b.name: {"hits": b.hits, "misses": b.misses} for b in {*wrapped, judge} if b},
+        "cache_entries": len(cache),
+    }
+    write_text_atomic(out / "diagnostics" / "run.json", json.dumps(run, indent=2, sort_keys=True) + "\n")
+    cache.close()
+    return {"diagnostics": diag, "run": run}
