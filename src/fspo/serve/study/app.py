@@ -1,0 +1,285 @@
+"""The study web app: plain HTML/JS served by FastAPI, one participant per invite token.
+
+Security model: the invite token is the participant's only credential (kept in an HttpOnly,
+SameSite=Strict cookie after joining, or sent as a Bearer token by scripts). No route takes a
+participant id: every read and write is for the participant the token names, so nobody can see
+or answer another participant's items. Model text reaches the page only through ``textContent``,
+and a strict Content-Security-Policy forbids inline scripts as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fspo.data.schema import PreferenceRecord
+from fspo.llm.base import GenerationParams
+from fspo.serve.study.config import StudyConfig
+from fspo.serve.study.store import Conflict, NotFound, Participant, StudyStore
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "fspo_study"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+log = logging.getLogger("fspo.study")
+
+
+class LabelAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: int = Field(ge=0, le=10_000)
+    choice: Literal["left", "right"]
+
+
+class CompareAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: int = Field(ge=0, le=10_000)
+    choice: Literal["left", "right", "tie"]
+
+
+class AnswerGenerator:
+    """Fills a participant's comparison answers once they finish labeling (one model job at a time)."""
+
+    def __init__(self, store: StudyStore, config: StudyConfig, engine=None, baseline_engine=None) -> None:
+        self.store = store
+        self.config = config
+        self._engine = engine
+        self._baseline = baseline_engine
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fspo-study-gen")
+        self._inflight: set[int] = set()
+        self._lock = threading.Lock()
+
+    def engines(self):
+        """Load the models on first need (a study with only pre-generated answers never loads one)."""
+        with self._lock:
+            if self._engine is None:
+                from fspo.serve.personalize import Engine
+                from fspo.serve.runinfo import resolve_run
+
+                self._engine = Engine.load(resolve_run(self.config.model))
+            if self._baseline is None:
+                base = self.config.baseline_model
+                if base and base != self.config.model:
+                    from fspo.serve.personalize import Engine
+                    from fspo.serve.runinfo import resolve_run
+
+                    self._baseline = Engine.load(resolve_run(base, layout="zeroshot"), cache_users=0)
+                else:
+                    self._baseline = self._engine
+            return self._engine, self._baseline
+
+    def start(self, pid: int) -> None:
+        """Generate now if nothing needs a model, else in the background (the page polls)."""
+        if not self.config.needs_model():
+            self.run(pid)
+            return
+        with self._lock:
+            if pid in self._inflight:
+                return
+            self._inflight.add(pid)
+        self._pool.submit(self.run, pid)
+
+    def run(self, pid: int) -> None:
+        try:
+            shots = []
+            for lab in self.store.labels(pid):
+                chosen, rejected = (
+                    (lab["left_text"], lab["right_text"])
+                    if lab["choice"] == "left"
+                    else (lab["right_text"], lab["left_text"])
+                )
+                shots.append(PreferenceRecord(f"participant-{pid}", lab["question"], chosen, rejected))
+            params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
+            for row in self.store.comparisons(pid):
+                if row["personalized"] is not None:
+                    continue
+                item = self.config.compare[row["item"]]
+                personalized, baseline, shots_used = item.personalized, item.baseline, None
+                if personalized is None or baseline is None:
+                    engine, base_engine = self.engines()
+                    if personalized is None:
+                        out = engine.generate(f"participant-{pid}", shots, item.question, params)
+                        personalized, shots_used = out.answer, out.shots_used
+                    if baseline is None:
+                        baseline = base_engine.baseline(item.question, params).answer
+                self.store.set_answers(pid, row["position"], personalized, baseline, shots_used)
+            self.store.set_status(pid, "compare")
+        except Exception as exc:  # recorded for the operator; the participant sees a neutral message
+            log.exception("generation failed for participant %s", pid)
+            self.store.set_status(pid, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._inflight.discard(pid)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
+    """The study app for the study stored in ``store`` (see :func:`StudyStore.set_config`)."""
+    config = store.config()
+    generator = AnswerGenerator(store, config, engine, baseline_engine)
+    app = FastAPI(title=f"fspo study: {config.title}", docs_url=None, redoc_url=None)
+    app.state.generator = generator
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > 64_000:
+            response = _error(413, "request body too large")
+        else:
+            response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    def current(request: Request) -> Participant:
+        token = request.cookies.get(COOKIE)
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        if not token:
+            raise HTTPException(401, "not joined: open your invite link")
+        who = store.participant(token)
+        if who is None:
+            raise HTTPException(401, "unknown invite token")
+        return who
+
+    def json_body(request: Request) -> None:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HTTPException(415, "send the answer as JSON (Content-Type: application/json)")
+
+    def joined(token: str) -> Response:
+        who = store.participant(token.strip()) if token.strip() else None
+        if who is None:
+            page = (STATIC / "invalid.html").read_text()
+            return HTMLResponse(page, status_code=403)
+        store.mark_joined(who.id)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", max_age=60 * 60 * 24 * 30)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/join", include_in_schema=False)
+    def join_link(token: str = "") -> Response:
+        if not token.strip():
+            raise HTTPException(400, "the invite link has no token")
+        return joined(token)
+
+    @app.post("/join", include_in_schema=False)
+    def join_form(token: str = Form(..., min_length=1, max_length=200)) -> Response:
+        return joined(token)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/state")
+    def state(who: Participant = Depends(current)) -> dict:
+        base = {"title": config.title, "intro": config.intro}
+        if who.status == "label":
+            labels = store.labels(who.id)
+            todo = [lab for lab in labels if lab["choice"] is None]
+            lab = todo[0]
+            item = {
+                "position": lab["position"],
+                "question": lab["question"],
+                "left": lab["left_text"],
+                "right": lab["right_text"],
+            }
+            return {
+                **base,
+                "phase": "label",
+                "progress": {"done": len(labels) - len(todo), "total": len(labels)},
+                "item": item,
+            }
+        if who.status == "generating":
+            generator.start(who.id)  # resumes after a server restart; a no-op when already running
+            who = store.get(who.id)
+            if who.status == "generating":
+                return {**base, "phase": "generating"}
+        if who.status == "compare":
+            rows = store.comparisons(who.id)
+            todo = [r for r in rows if r["choice"] is None]
+            r = todo[0]
+            pers_left = r["personalized_side"] == "left"
+            left, right = (r["personalized"], r["baseline"]) if pers_left else (r["baseline"], r["personalized"])
+            item = {"position": r["position"], "question": r["question"], "left": left, "right": right}
+            return {
+                **base,
+                "phase": "compare",
+                "progress": {"done": len(rows) - len(todo), "total": len(rows)},
+                "item": item,
+            }
+        if who.status == "done":
+            return {**base, "phase": "done"}
+        return {
+            **base,
+            "phase": "error",
+            "message": "Something went wrong preparing your answers. The study team "
+            "has been notified; please try again later.",
+        }
+
+    @app.post("/api/label", dependencies=[Depends(json_body)])
+    def label(body: LabelAnswer, who: Participant = Depends(current)) -> dict:
+        if who.status != "label":
+            raise HTTPException(409, "labeling is already finished")
+        try:
+            last = store.answer_label(who.id, body.position, body.choice)
+        except Conflict:
+            raise HTTPException(409, f"item {body.position} is already answered") from None
+        except NotFound:
+            raise HTTPException(404, f"no labeling item {body.position}") from None
+        if last:
+            generator.start(who.id)
+        return {"stored": True}
+
+    @app.post("/api/compare", dependencies=[Depends(json_body)])
+    def compare(body: CompareAnswer, who: Participant = Depends(current)) -> dict:
+        if who.status != "compare":
+            raise HTTPException(409, "comparisons are not open for you yet" if who.status != "done" else "already done")
+        try:
+            store.answer_comparison(who.id, body.position, body.choice)
+        except Conflict:
+            raise HTTPException(409, f"item {body.position} is already answered") from None
+        except NotFound:
+            raise HTTPException(404, f"no comparison item {body.position}") from None
+        return {"stored": True}
+
+    return app

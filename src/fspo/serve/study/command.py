@@ -1,0 +1,123 @@
+"""``fspo study init|serve|export|analyze``: run a browser human study (docs/study.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="human study in the browser: personalized vs baseline, blind pairwise",
+        description="Run a human study like the paper's: participants label K preference pairs, then judge blind "
+        "A/B comparisons of personalized vs baseline answers. See docs/study.md.",
+    )
+    ss = p.add_subparsers(dest="study_command", metavar="STEP")
+    p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
+
+    i = ss.add_parser("init", help="create the study (from a config) and print invite tokens / links")
+    i.add_argument("--config", help="study YAML (required the first time; see examples/study.yaml)")
+    i.add_argument("--db", required=True, help="SQLite file for this study")
+    i.add_argument("--participants", type=int, default=1, help="how many invites to create")
+    i.add_argument("--base-url", default="http://127.0.0.1:8080", help="printed invite links start with this")
+    i.set_defaults(func=run_init)
+
+    s = ss.add_parser("serve", help="serve the study web app")
+    s.add_argument("--db", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=run_serve)
+
+    e = ss.add_parser("export", help="write the comparisons (and optionally labels) as CSV")
+    e.add_argument("--db", required=True)
+    e.add_argument("--out", required=True, help="comparisons CSV")
+    e.add_argument("--labels-out", help="labels CSV")
+    e.set_defaults(func=run_export)
+
+    a = ss.add_parser("analyze", help="win rate, exact binomial test and 95%% CIs")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--db")
+    src.add_argument("--csv", help="a file written by 'fspo study export'")
+    a.add_argument("--json", action="store_true", help="print JSON instead of text")
+    a.set_defaults(func=run_analyze)
+
+
+def _open(db: str):
+    """Open an existing study database (serve/export/analyze must not create an empty one)."""
+    from pathlib import Path
+
+    from fspo.errors import FspoError
+    from fspo.serve.study.store import StudyStore
+
+    if not Path(db).exists():
+        raise FspoError(f"{db}: no such study database; create it with 'fspo study init --config ... --db {db}'")
+    store = StudyStore(db)
+    store.config()
+    return store
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from fspo.errors import FspoError
+    from fspo.serve.study.config import load_config
+    from fspo.serve.study.store import StudyStore
+
+    if args.participants < 0 or args.participants > 10_000:
+        raise FspoError("--participants must be between 0 and 10000")
+    from pathlib import Path
+
+    if not args.config and not Path(args.db).exists():
+        raise FspoError(f"{args.db}: no study yet; pass --config to create it")
+    store = StudyStore(args.db)
+    if args.config:
+        store.set_config(load_config(args.config))
+    config = store.config()
+    tokens = store.invite(args.participants)
+    print(f"study {config.title!r} in {args.db}: {len(tokens)} new invites", file=sys.stderr)
+    for token in tokens:
+        print(f"{token}\t{args.base_url.rstrip('/')}/join?token={token}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fspo.serve.study.app import create_app
+
+    app = create_app(_open(args.db))
+    print(f"fspo study: http://{args.host}:{args.port}/ (participants join with their invite link)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from fspo.serve.study.analyze import EXPORT_FIELDS, write_csv
+
+    store = _open(args.db)
+    rows = store.comparison_rows()
+    write_csv(args.out, rows, EXPORT_FIELDS)
+    print(f"wrote {len(rows)} comparison rows to {args.out}", file=sys.stderr)
+    if args.labels_out:
+        labels = store.label_rows()
+        write_csv(args.labels_out, labels, list(labels[0]) if labels else ["participant_id"])
+        print(f"wrote {len(labels)} label rows to {args.labels_out}", file=sys.stderr)
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from fspo.errors import FspoError
+    from fspo.serve.study.analyze import analyze, format_report, read_csv
+
+    if args.db:
+        rows = _open(args.db).comparison_rows()
+    else:
+        try:
+            rows = read_csv(args.csv)
+        except OSError as exc:
+            raise FspoError(f"{args.csv}: cannot read: {exc.strerror}") from None
+        if rows and "winner" not in rows[0]:
+            raise FspoError(f"{args.csv}: no 'winner' column; expected a file from 'fspo study export'")
+    result = analyze(rows)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
+    return 0
