@@ -1,0 +1,155 @@
+"""Reward accuracy: does the model, given N shots of a user, rank that user's chosen answer first?
+
+Trained model with a reference: the implicit reward h = [s_θ(y_w) − s_θ(y_l)] − [s_ref(y_w) − s_ref(y_l)]
+(β > 0 does not change the sign), correct when h > 0, with the reduction the run trained with.
+Untrained model: the plain log-likelihood comparison s(y_w) > s(y_l), mean-reduced by default
+(summed log-probs favour the shorter answer; reference/feasibility-smollm2-cpu.md). A tie (h = 0)
+counts as wrong. Log-probs are cached by (model fingerprint, token ids), so the base model scored
+once serves as the reference of every run trained from it, and a zero-shot layout is scored once
+for the whole curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fspo.data.episodes import Episode
+from fspo.data.truncation import EpisodeTokenizer, TokenizedPair
+from fspo.eval.generate import ModelPool, model_fingerprint
+from fspo.eval.winrate import wilson_interval
+from fspo.llm.cache import CallCache
+
+SHOTS_CURVE = (0, 1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What to score: policy, optional reference, layout and reduction."""
+
+    spec: str
+    reference: str | None
+    layout: str
+    reduction: str = "mean"
+    chat_template: bool = False
+
+    @property
+    def metric(self) -> str:
+        return "implicit_reward" if self.reference else "loglik"
+
+
+def _pair_key(fingerprint: str, pair: TokenizedPair, side: str) -> str:
+    ids = list(pair.prompt_ids) + [-1] + list(pair.chosen_ids if side == "c" else pair.rejected_ids)
+    return hashlib.sha256(json.dumps(["logp", fingerprint, ids]).encode()).hexdigest()
+
+
+def sequence_logps(
+    spec: str, pairs: Sequence[TokenizedPair], pool: ModelPool, cache: CallCache, batch_size: int = 4
+) -> list[tuple[list[float], list[float]]]:
+    """Per pair: ([sum, tokens] of chosen, [sum, tokens] of rejected) under model ``spec``, cached."""
+    fp = model_fingerprint(spec)
+    keys = [(_pair_key(fp, p, "c"), _pair_key(fp, p, "r")) for p in pairs]
+    found = cache.get_many([k for kk in keys for k in kk])
+    todo = [i for i, (kc, kr) in enumerate(keys) if kc not in found or kr not in found]
+    if todo:
+        import torch
+
+        from fspo.train.batching import collate_pairs, split_pair_logps
+        from fspo.train.losses import token_logps
+
+        model, tok = pool.get(spec)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            batch = collate_pairs([pairs[i] for i in idx], pad)
+            with torch.no_grad():
+                out = model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    logits_to_keep=batch.keep + 1,
+                    use_cache=False,
+                )
+                sums, counts = token_logps(out.logits[:, :-1], batch.labels)
+            (sc, sr), (cc, cr) = split_pair_logps(sums), split_pair_logps(counts.float())
+            new = {}
+            for j, i in enumerate(idx):
+                new[keys[i][0]] = [float(sc[j]), float(cc[j])]
+                new[keys[i][1]] = [float(sr[j]), float(cr[j])]
+            cache.put_many(new)
+            found.update(new)
+    return [(found[kc], found[kr]) for kc, kr in keys]
+
+
+def _reduce(v: list[float], reduction: str) -> float:
+    return v[0] if reduction == "sum" else v[0] / max(v[1], 1.0)
+
+
+def margins(
+    scorer: Scorer,
+    episodes: Sequence[Episode],
+    pool: ModelPool,
+    cache: CallCache,
+    max_length: int,
+    descriptions: dict[str, str],
+    batch_size: int = 4,
+) -> tuple[list[float], list[str], list[int]]:
+    """(h or log-likelihood margin per kept episode, their user ids, shots kept per episode)."""
+    tok = pool.tokenizer(scorer.spec)
+    enc = EpisodeTokenizer(tok, max_length, scorer.layout, scorer.chat_template, descriptions)
+    pairs = [p for p in (enc.tokenize(e) for e in episodes) if p is not None]
+    pol = sequence_logps(scorer.spec, pairs, pool, cache, batch_size)
+    if scorer.reference:
+        if pool.tokenizer(scorer.reference).get_vocab() != tok.get_vocab():
+            raise ValueError(f"reference {scorer.reference} has a different tokenizer from {scorer.spec}")
+        ref = sequence_logps(scorer.reference, pairs, pool, cache, batch_size)
+    out = []
+    for i, (c, r) in enumerate(pol):
+        m = _reduce(c, scorer.reduction) - _reduce(r, scorer.reduction)
+        if scorer.reference:
+            rc, rr = ref[i]
+            m -= _reduce(rc, scorer.reduction) - _reduce(rr, scorer.reduction)
+        out.append(m)
+    return out, [p.user_id for p in pairs], [p.n_shots for p in pairs]
+
+
+def accuracy_point(margin_values: Sequence[float], users: Sequence[str], shots_kept: Sequence[int]) -> dict:
+    """One point of the curve: accuracy with a Wilson 95% interval (episodes treated as independent)."""
+    n = len(margin_values)
+    correct = sum(1 for m in margin_values if m > 0)
+    lo, hi = wilson_interval(correct, n)
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else float("nan"),
+        "ci": [lo, hi],
+        "users": len(set(users)),
+        "mean_margin": sum(margin_values) / n if n else float("nan"),
+        "mean_shots_kept": sum(shots_kept) / n if n else float("nan"),
+    }
+
+
+def reward_accuracy_curve(
+    scorer: Scorer,
+    episodes_by_shots: dict[int, list[Episode]],
+    pool: ModelPool,
+    cache: CallCache,
+    max_length: int,
+    descriptions: dict[str, str],
+    batch_size: int = 4,
+) -> dict:
+    """Accuracy for each N of ``episodes_by_shots`` (N -> the same queries with N shots each)."""
+    points = {}
+    for n_shots, eps in sorted(episodes_by_shots.items()):
+        m, users, kept = margins(scorer, eps, pool, cache, max_length, descriptions, batch_size)
+        points[str(n_shots)] = accuracy_point(m, users, kept)
+    return {
+        "metric": scorer.metric,
+        "reduction": scorer.reduction,
+        "layout": scorer.layout,
+        "model": scorer.spec,
+        "reference": scorer.reference,
+        "points": points,
+    }
