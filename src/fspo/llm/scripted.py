@@ -45,12 +45,26 @@ def _section(text: str, header: str, next_headers: Sequence[str]) -> str:
 
 POSITIVE = ["I loved it", "It was wonderful", "A great pleasure", "Truly delightful", "Excellent and charming"]
 NEGATIVE = ["I hated it", "It was awful", "A boring mess", "Truly disappointing", "Terrible and dull"]
-FILLER = [
-    "The details were handled with care throughout.",
-    "Every part of it left a clear impression on me.",
-    "I spent a long time thinking about it afterwards.",
-    "Friends who tried it said much the same thing.",
-]
+FILLER = {
+    "positive": [
+        "The details were lovely and charming from the first moment to the last.",
+        "Every single part of it made me happy and I smiled the whole time.",
+        "I enjoyed thinking about it for days afterwards with a warm feeling.",
+        "Friends who tried it on my advice loved it just as much as I did.",
+    ],
+    "negative": [
+        "The details were sloppy and careless from the first moment to the last.",
+        "Every single part of it annoyed me and I frowned the whole time.",
+        "I regretted the wasted time for days afterwards with a sour feeling.",
+        "Friends who tried it on my advice hated it just as much as I did.",
+    ],
+    "neutral": [
+        "It covers the main steps in a sensible order for a beginner.",
+        "It names the tools and the time one would need to get going.",
+        "It lists what to do first, what to do next, and what to skip.",
+        "It ends with a short plan for the coming week and a way to check progress.",
+    ],
+}
 
 
 class ScriptedBackend:
@@ -68,11 +82,11 @@ class ScriptedBackend:
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
         out = []
         for p in prompts:
-            text = prompt_text(p)
             if self.sleep:
                 time.sleep(self.sleep)
-            out.append(apply_stops(self.respond(text), params.stop))
-            self._log(text)
+            out.append(apply_stops(self.respond(prompt_text(p)), params.stop))
+        for p in prompts:  # logged once the batch is done, right before the cache commits it
+            self._log(prompt_text(p))
         return out
 
     def _log(self, text: str) -> None:
@@ -143,7 +157,8 @@ class ScriptedBackend:
             head += ", notwithstanding considerable methodological sophistication"
         sentences = [head + "."]
         if steer.get("length") == "verbose" or (view and steer.get("length") != "concise"):
-            sentences += [FILLER[(seed + i) % len(FILLER)] for i in range(3)]
+            filler = FILLER[steer.get("sentiment", "neutral")]
+            sentences += [filler[(seed + i) % len(filler)] for i in range(3)]
         return " ".join(sentences)
 
     def judge(self, text: str) -> str:

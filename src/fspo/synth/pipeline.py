@@ -92,6 +92,8 @@ def select_pairs(
                 a, b = resp[i], resp[j]
                 if cares and all(a["steer"].get(x) == b["steer"].get(x) for x in cares):
                     continue
+                if a["text"].strip() == b["text"].strip():
+                    continue
                 out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
                 if out is not None and out.label == 0:
                     counts["pairs_skipped_attribute_tie"] += 1

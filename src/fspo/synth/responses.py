@@ -116,19 +116,21 @@ def build_responses(
                     where.append((qi, ci, s))
         texts = _generate_grouped(llms, jobs, params, "responses")
         chosen: dict[tuple[int, int], dict] = {}
-        for (qi, ci, s), job, raw in zip(where, jobs, texts):
+        for (qi, ci, _s), job, raw in zip(where, jobs, texts):
             if (qi, ci) in chosen:
                 continue
             text, steer = clean_response(raw), combos[ci]
             counts["responses_generated"] += 1
             if not text:
                 counts["responses_dropped_empty"] += 1
+            elif any(text == r["text"] for r in chosen.values() if r["qi"] == qi):
+                counts["responses_dropped_duplicate"] += 1
             elif check and not expresses(steer, text):
                 counts["responses_dropped_attribute_mismatch"] += 1
             else:
-                chosen[(qi, ci)] = {"id": f"r{ci}", "text": text, "steer": steer, "generator": llms[job[0]].name}
+                chosen[(qi, ci)] = {"id": f"r{ci}", "text": text, "steer": steer, "generator": llms[job[0]].name, "qi": qi}
         for (qi, _ci), resp in sorted(chosen.items()):
-            per_q[qi].append(resp)
+            per_q[qi].append({k: v for k, v in resp.items() if k != "qi"})
     else:  # views
         k = int(domain.responses.get("views", 4))
         views, fallbacks = list_views(llms[0], [q["question"] for q in questions], k, seed)
