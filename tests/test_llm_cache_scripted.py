@@ -44,7 +44,9 @@ def test_salts_and_params_change_the_key(tmp_path):
 def test_chunk_seed_depends_only_on_chunk(tmp_path):
     """Resuming after chunk 1 gives chunk 2 the same seed as an uninterrupted run."""
     full = Counting()
-    out_full = CachedBackend(full, CallCache(tmp_path / "a.sqlite"), progress=False).generate(list("abcd"), GenerationParams())
+    out_full = CachedBackend(full, CallCache(tmp_path / "a.sqlite"), progress=False).generate(
+        list("abcd"), GenerationParams()
+    )
     part = Counting()
     cache = CallCache(tmp_path / "b.sqlite")
     CachedBackend(part, cache, progress=False).generate(list("ab"), GenerationParams())
@@ -67,8 +69,10 @@ def test_scripted_steering_expresses_attributes():
 
     llm = ScriptedBackend()
     pos, neg = llm.generate(
-        ["Write a review.\nSteering:\n- sentiment: positive\n- length: concise",
-         "Write a review.\nSteering:\n- sentiment: negative\n- length: verbose"],
+        [
+            "Write a review.\nSteering:\n- sentiment: positive\n- length: concise",
+            "Write a review.\nSteering:\n- sentiment: negative\n- length: verbose",
+        ],
         GenerationParams(),
     )
     assert measure(pos).value("sentiment") == "positive" and measure(pos).value("length") == "concise"

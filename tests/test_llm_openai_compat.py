@@ -128,9 +128,30 @@ def test_cli_synth_against_loopback_server(server, tmp_path, capsys):
     from fspo.cli import main
     from fspo.data.io import load_data
 
-    rc = main(["synth", "--domain", "roleplay", "--users", "3", "--questions", "3", "--backend", "openai",
-               "--base-url", server, "--model", "scripted", "--out", str(tmp_path), "--no-embed", "--no-plots",
-               "--quiet", "--concurrency", "4"])
+    rc = main(
+        [
+            "synth",
+            "--domain",
+            "roleplay",
+            "--users",
+            "3",
+            "--questions",
+            "3",
+            "--backend",
+            "openai",
+            "--base-url",
+            server,
+            "--model",
+            "scripted",
+            "--out",
+            str(tmp_path),
+            "--no-embed",
+            "--no-plots",
+            "--quiet",
+            "--concurrency",
+            "4",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = load_data(tmp_path)
     assert data.prefs and all(r.meta["generator"] == "openai:scripted" for r in data.prefs)
@@ -142,7 +163,25 @@ def test_cli_unreachable_is_one_line(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rc = main(["synth", "--domain", "roleplay", "--users", "2", "--questions", "2", "--backend", "openai",
-               "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", "--out", str(tmp_path), "--quiet"])
+    rc = main(
+        [
+            "synth",
+            "--domain",
+            "roleplay",
+            "--users",
+            "2",
+            "--questions",
+            "2",
+            "--backend",
+            "openai",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--model",
+            "m",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"fspo synth: error: cannot reach http://127.0.0.1:{port}/v1: connection refused"]

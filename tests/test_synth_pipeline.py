@@ -66,15 +66,29 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_refinement_lowers_entropy_and_appends_facts(tmp_path):
-    out = synth(tmp_path, "--domain", "roleplay", "--users", "5", "--questions", "6", "--backend", "scripted", "--no-embed")
+    out = synth(
+        tmp_path, "--domain", "roleplay", "--users", "5", "--questions", "6", "--backend", "scripted", "--no-embed"
+    )
     d = json.loads((out / "diagnostics" / "diagnostics.json").read_text())
     assert d["counts"]["refine_facts_added"] > 0
     assert d["entropy"]["mean_after"] < d["entropy"]["mean_before"]
     assert d["order_consistency"]["after"] >= d["order_consistency"]["before"]
     users = load_data(out).users
     assert any("They value" in u.description for u in users.values())
-    no = synth(tmp_path, "--domain", "roleplay", "--users", "5", "--questions", "6", "--backend", "scripted",
-               "--no-embed", "--no-refine", name="norefine")
+    no = synth(
+        tmp_path,
+        "--domain",
+        "roleplay",
+        "--users",
+        "5",
+        "--questions",
+        "6",
+        "--backend",
+        "scripted",
+        "--no-embed",
+        "--no-refine",
+        name="norefine",
+    )
     assert json.loads((no / "diagnostics" / "diagnostics.json").read_text())["counts"]["refine_facts_added"] == 0
 
 
@@ -83,8 +97,20 @@ def test_logprob_judge_and_question_split(tmp_path, monkeypatch):
 
     orig = scripted.ScriptedBackend.__init__
     monkeypatch.setattr(scripted.ScriptedBackend, "__init__", lambda self, **kw: orig(self, **{**kw, "logprobs": True}))
-    out = synth(tmp_path, "--domain", "elix", "--users", "4", "--questions", "6", "--backend", "scripted",
-                "--no-embed", "--heldout-questions", "0.5")
+    out = synth(
+        tmp_path,
+        "--domain",
+        "elix",
+        "--users",
+        "4",
+        "--questions",
+        "6",
+        "--backend",
+        "scripted",
+        "--no-embed",
+        "--heldout-questions",
+        "0.5",
+    )
     data = load_data(out)
     assert all(r.meta["judge"].endswith(":logprob") for r in data.prefs)
     train_q = {r.prompt for r in data.prefs if r.split == "train"}
@@ -100,26 +126,47 @@ def test_user_defined_domain_and_question_file(tmp_path):
         "name: mine\naxes:\n  sentiment: {values: [positive, negative]}\n"
         "persona: {core: 'Likes {sentiment} answers.'}\n"
         "questions: {source: file, file: qs.txt}\n"
-        "responses:\n  source: steered\n  steer_axes: [sentiment]\n  prompt: \"Question: {question}\\nSteering:\\n{steering}\"\n"
+        'responses:\n  source: steered\n  steer_axes: [sentiment]\n  prompt: "Question: {question}\\nSteering:\\n{steering}"\n'
         "labeler: attribute\n"
     )
-    out = synth(tmp_path, "--domain", str(dom), "--users", "2", "--questions", "3", "--backend", "scripted", "--no-embed")
+    out = synth(
+        tmp_path, "--domain", str(dom), "--users", "2", "--questions", "3", "--backend", "scripted", "--no-embed"
+    )
     data = load_data(out)
     assert len({r.prompt for r in data.prefs}) == 3  # the near-duplicate tea question was dropped
-    too_many = ["synth", "--domain", str(dom), "--users", "2", "--questions", "4", "--backend", "scripted",
-                "--out", str(tmp_path / "x"), "--quiet"]
+    too_many = [
+        "synth",
+        "--domain",
+        str(dom),
+        "--users",
+        "2",
+        "--questions",
+        "4",
+        "--backend",
+        "scripted",
+        "--out",
+        str(tmp_path / "x"),
+        "--quiet",
+    ]
     assert main(too_many) == 2  # only 3 distinct questions
 
 
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("name: x\naxes: {a: {values: [one]}}\nquestions: {source: list, items: [q]}\nresponses: {source: views}\n",
-         "axes.a.values: needs at least two"),
-        ("name: x\naxes: {a: {values: [p, q]}}\nquestions: {source: web}\nresponses: {source: views}\n",
-         "questions.source: must be one of"),
-        ("name: x\naxes: {a: {values: [p, q]}}\nquestions: {source: list, items: [q]}\nresponses: {source: views}\n"
-         "labeler: vibes\n", "labeler: must be one of"),
+        (
+            "name: x\naxes: {a: {values: [one]}}\nquestions: {source: list, items: [q]}\nresponses: {source: views}\n",
+            "axes.a.values: needs at least two",
+        ),
+        (
+            "name: x\naxes: {a: {values: [p, q]}}\nquestions: {source: web}\nresponses: {source: views}\n",
+            "questions.source: must be one of",
+        ),
+        (
+            "name: x\naxes: {a: {values: [p, q]}}\nquestions: {source: list, items: [q]}\nresponses: {source: views}\n"
+            "labeler: vibes\n",
+            "labeler: must be one of",
+        ),
         ("name: [unclosed\n", "<yaml>"),
     ],
 )
@@ -132,8 +179,23 @@ def test_malformed_domain_is_one_line(tmp_path, capsys, yaml_text, message):
 
 
 def test_too_few_questions_and_missing_llm(tmp_path, capsys):
-    assert main(["synth", "--domain", "elix", "--questions", "500", "--backend", "scripted", "--out",
-                 str(tmp_path / "a"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "synth",
+                "--domain",
+                "elix",
+                "--questions",
+                "500",
+                "--backend",
+                "scripted",
+                "--out",
+                str(tmp_path / "a"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "only 30 distinct questions available, 500 requested" in capsys.readouterr().err
     assert main(["synth", "--domain", "roleplay", "--backend", "none", "--out", str(tmp_path / "b"), "--quiet"]) == 2
     assert "needs an LLM" in capsys.readouterr().err

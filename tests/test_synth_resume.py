@@ -11,16 +11,32 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["synth", "--domain", "roleplay", "--users", "6", "--questions", "6", "--backend", "scripted", "--no-embed",
-        "--no-plots", "--quiet"]
+ARGS = [
+    "synth",
+    "--domain",
+    "roleplay",
+    "--users",
+    "6",
+    "--questions",
+    "6",
+    "--backend",
+    "scripted",
+    "--no-embed",
+    "--no-plots",
+    "--quiet",
+]
 FILES = ("prefs.jsonl", "users.jsonl", "diagnostics/diagnostics.json")
 
 
 def run_cli(out: Path, log: Path, sleep: float) -> subprocess.Popen:
     env = {**os.environ, "FSPO_SCRIPTED_SLEEP": str(sleep), "FSPO_SCRIPTED_LOG": str(log)}
     code = "import sys; from fspo.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *ARGS, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *ARGS, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def lines(path: Path) -> list[str]:

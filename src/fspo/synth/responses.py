@@ -128,7 +128,13 @@ def build_responses(
             elif check and not expresses(steer, text):
                 counts["responses_dropped_attribute_mismatch"] += 1
             else:
-                chosen[(qi, ci)] = {"id": f"r{ci}", "text": text, "steer": steer, "generator": llms[job[0]].name, "qi": qi}
+                chosen[(qi, ci)] = {
+                    "id": f"r{ci}",
+                    "text": text,
+                    "steer": steer,
+                    "generator": llms[job[0]].name,
+                    "qi": qi,
+                }
         for (qi, _ci), resp in sorted(chosen.items()):
             per_q[qi].append({k: v for k, v in resp.items() if k != "qi"})
     else:  # views

@@ -1,0 +1,85 @@
+"""The in-process backend through the pipeline: tiny random model (fast) and the embedded SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fspo.cli import main
+from fspo.data.io import load_data, validate_file
+
+DOMAIN = """
+name: small
+description: quick questions
+axes:
+  taste: {values: [sweet food, spicy food]}
+persona: {core: "This user loves {taste}.", elaborate: true}
+questions: {source: list, items: ["What should I cook tonight?", "What snack should I bring to a party?"]}
+responses:
+  source: views
+  views: 2
+  max_new_tokens: 24
+  prompt: "Question: {question}\\nFrom this view: {view}\\nAnswer in one sentence."
+labeler: judge
+refine: {enabled: true, rounds: 1, max_facts: 1}
+"""
+
+
+def run(tmp_path, model: str) -> tuple[int, object]:
+    dom = tmp_path / "small.yaml"
+    dom.write_text(DOMAIN)
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "synth",
+            "--domain",
+            str(dom),
+            "--users",
+            "2",
+            "--questions",
+            "2",
+            "--backend",
+            "local",
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--no-embed",
+            "--no-plots",
+            "--quiet",
+            "--heldout-users",
+            "0.5",
+        ]
+    )
+    return rc, out
+
+
+def test_tiny_local_backend_with_logprob_judge(tmp_path, capsys):
+    rc, out = run(tmp_path, "tiny")
+    err = capsys.readouterr().err
+    if rc == 0:  # random weights: a pair may or may not survive both orders
+        assert validate_file(out / "prefs.jsonl") == []
+        assert all(r.meta["judge"] == "tiny:logprob" for r in load_data(out).prefs)
+    else:
+        assert "no preference survived" in err
+    run_info = json.loads((out / "diagnostics" / "run.json").read_text()) if rc == 0 else None
+    assert run_info is None or run_info["cache_entries"] > 0
+
+
+def test_local_choice_logprobs_shape():
+    from fspo.llm.local import LocalBackend
+
+    llm = LocalBackend.from_spec("tiny", batch_size=2)
+    scores = llm.choice_logprobs(["a b", "c", "d e f"], [" A", " B"], prefix="Verdict:")
+    assert len(scores) == 3 and all(len(s) == 2 and all(x <= 0 for x in s) for s in scores)
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_embedded_smollm2_small_run(tmp_path):
+    rc, out = run(tmp_path, "smollm2")
+    assert rc == 0
+    assert validate_file(out / "prefs.jsonl") == [] and validate_file(out / "users.jsonl") == []
+    d = json.loads((out / "diagnostics" / "diagnostics.json").read_text())
+    assert d["counts"]["users"] == 2 and d["order_consistency"]["before"] is not None
