@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -60,10 +61,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            try:
+            with contextlib.suppress(BrokenPipeError):  # the client gave up (timeout test)
                 self.wfile.write(data)
-            except BrokenPipeError:  # the client gave up (timeout test)
-                pass
         finally:
             with State.lock:
                 State.in_flight -= 1
