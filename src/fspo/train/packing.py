@@ -1,0 +1,211 @@
+"""Shared-prefix preference batches: the prompt runs once per pair, not once per completion.
+
+A pair becomes one sequence ``prompt + chosen + rejected``. A custom 4D attention mask lets the
+chosen tokens see the prompt (causally) and the rejected tokens see the prompt and themselves,
+never the chosen tokens; position ids restart at ``len(prompt)`` for the rejected completion,
+so every token has exactly the position and the context it has in a separate sequence. The
+log-probs are therefore the same as the naive two-sequence path (up to float rounding).
+
+Two layouts:
+
+- ``rows`` (the default): one pair per row, right-padded to the longest pair.
+- ``packed``: all pairs of the batch in a single row with a block-diagonal mask (padding-free).
+  With a dense 4D mask the attention cost grows with the square of the packed length, so on
+  CPUs (SDPA math/flash kernels with a mask) this was slower than ``rows`` in
+  ``bench/train_throughput.py``; it is kept for very uneven lengths and for measurement.
+
+Only positions that predict a completion token go through the LM head (``logits_to_keep`` as a
+boolean mask): the last prompt token (it predicts the first token of both completions) and the
+completion tokens but the last of each. A model whose attention implementation cannot take a
+custom 4D mask (FlashAttention kernels) falls back to the separate-rows path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fspo.data.truncation import TokenizedPair
+from fspo.train.losses import reduce_logps
+
+LAYOUTS = ("rows", "packed")
+DEFAULT_LAYOUT = "rows"
+MASKABLE_ATTENTION = ("sdpa", "eager")
+
+PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, -1
+
+
+@dataclass
+class SharedPrefixBatch:
+    """Model inputs for a batch of pairs, and where each completion token's log-prob comes from."""
+
+    input_ids: torch.Tensor  # [rows, width]
+    position_ids: torch.Tensor  # [rows, width]
+    allowed: torch.Tensor  # [rows, 1, width, width] bool: query may attend to key
+    keep: torch.Tensor  # [rows, width] bool: positions whose hidden state goes through the LM head
+    src: torch.Tensor  # [n_targets]: index into the kept (flattened) positions
+    target: torch.Tensor  # [n_targets]: token id predicted there
+    segment: torch.Tensor  # [n_targets]: pair index (chosen) or n_pairs + pair index (rejected)
+    counts: torch.Tensor  # [2 * n_pairs]: completion lengths, chosen then rejected
+    n_pairs: int
+    prompt_tokens: int
+
+    def to(self, device) -> SharedPrefixBatch:
+        return SharedPrefixBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.allowed.to(device),
+            self.keep.to(device),
+            self.src.to(device),
+            self.target.to(device),
+            self.segment.to(device),
+            self.counts.to(device),
+            self.n_pairs,
+            self.prompt_tokens,
+        )
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens in the batch: prompt + chosen + rejected per pair."""
+        return self.prompt_tokens + int(self.counts.sum())
+
+
+def _pair_layout(pair: TokenizedPair) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, position ids and branch tags of one pair's shared-prefix sequence."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    if p == 0:
+        raise ValueError("shared-prefix batches need a non-empty prompt (it predicts the first completion token)")
+    ids = list(pair.prompt_ids) + list(pair.chosen_ids) + list(pair.rejected_ids)
+    pos = list(range(p + c)) + list(range(p, p + r))
+    branch = [PROMPT] * p + [CHOSEN] * c + [REJECTED] * r
+    return ids, pos, branch
+
+
+def collate_shared_prefix(
+    pairs: Sequence[TokenizedPair], pad_id: int, layout: str = DEFAULT_LAYOUT
+) -> SharedPrefixBatch:
+    """Build the shared-prefix batch (``rows``: a pair per row; ``packed``: all pairs in one row)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    n = len(pairs)
+    groups = [[i] for i in range(n)] if layout == "rows" else [list(range(n))]
+    lengths = [
+        sum(len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in g) for g in groups
+    ]
+    width = max(lengths)
+    rows = len(groups)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    doc = torch.full((rows, width), -1, dtype=torch.long)
+    branch = torch.full((rows, width), PAD, dtype=torch.long)
+    keep = torch.zeros((rows, width), dtype=torch.bool)
+    # (row, column) of each target's predictor, the target id and its segment
+    pred_rc: list[tuple[int, int]] = []
+    targets: list[int] = []
+    segments: list[int] = []
+    for row, group in enumerate(groups):
+        start = 0
+        for i in group:
+            pair = pairs[i]
+            ids, pos, br = _pair_layout(pair)
+            end = start + len(ids)
+            input_ids[row, start:end] = torch.tensor(ids)
+            position_ids[row, start:end] = torch.tensor(pos)
+            doc[row, start:end] = i
+            branch[row, start:end] = torch.tensor(br)
+            p, c = len(pair.prompt_ids), len(pair.chosen_ids)
+            last_prompt = start + p - 1
+            for j, tok in enumerate(pair.chosen_ids):
+                pred_rc.append((row, last_prompt + j))
+                targets.append(tok)
+                segments.append(i)
+            for j, tok in enumerate(pair.rejected_ids):
+                pred_rc.append((row, last_prompt if j == 0 else start + p + c + j - 1))
+                targets.append(tok)
+                segments.append(n + i)
+            start = end
+        if start < width:  # padding keeps positions increasing (harmless, never attended)
+            position_ids[row, start:] = torch.arange(width - start)
+    for row, col in pred_rc:
+        keep[row, col] = True
+    flat_index = torch.cumsum(keep.flatten(), 0) - 1  # kept position -> row of the LM-head output
+    src = torch.tensor([int(flat_index[row * width + col]) for row, col in pred_rc], dtype=torch.long)
+    q = torch.arange(width)
+    causal = q[None, :] <= q[:, None]  # [query, key]
+    same_doc = (doc[:, :, None] == doc[:, None, :]) & (doc[:, :, None] >= 0)
+    cross = (branch[:, :, None] == REJECTED) & (branch[:, None, :] == CHOSEN)
+    allowed = (same_doc & causal[None] & ~cross) | torch.eye(width, dtype=torch.bool)[None]
+    counts = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs], dtype=torch.long)
+    return SharedPrefixBatch(
+        input_ids,
+        position_ids,
+        allowed.unsqueeze(1),
+        keep,
+        src,
+        torch.tensor(targets, dtype=torch.long),
+        torch.tensor(segments, dtype=torch.long),
+        counts,
+        n,
+        sum(len(p.prompt_ids) for p in pairs),
+    )
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where attention is allowed, the dtype's minimum elsewhere (works for SDPA and eager attention)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def attention_implementation(model) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
+def supports_shared_prefix(model) -> bool:
+    """True when the model's attention takes an arbitrary 4D mask (SDPA or eager)."""
+    return attention_implementation(model) in MASKABLE_ATTENTION
+
+
+def model_dtype(model) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) reduced log-probs from one forward over the shared-prefix batch."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=additive_mask(batch.allowed, model_dtype(model)),
+        position_ids=batch.position_ids,
+        logits_to_keep=batch.keep,
+        use_cache=False,
+    )
+    logits = out.logits  # [kept positions, vocab]
+    if logits.dim() == 3:  # a model that ignored the boolean logits_to_keep: select the kept positions here
+        logits = logits[batch.keep]
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # [kept]
+    tok = logits[batch.src, batch.target] - lse[batch.src]  # [n_targets]
+    sums = torch.zeros(2 * batch.n_pairs, dtype=tok.dtype, device=tok.device).index_add(0, batch.segment, tok)
+    reduced = reduce_logps(sums, batch.counts.to(tok.device), reduction)
+    return reduced[: batch.n_pairs], reduced[batch.n_pairs :]
+
+
+def packed_pair_logps(
+    model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, layout: str = DEFAULT_LAYOUT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) reduced log-probs with the prompt computed once per pair.
+
+    Falls back to the separate-rows path when the attention implementation cannot take a 4D mask.
+    """
+    if not supports_shared_prefix(model):
+        from fspo.train.batching import collate_pairs, completion_logps, split_pair_logps
+
+        batch = collate_pairs(pairs, pad_id).to(device)
+        return split_pair_logps(completion_logps(model, batch, reduction))
+    batch = collate_shared_prefix(pairs, pad_id, layout).to(device)
+    return shared_prefix_logps(model, batch, reduction)
