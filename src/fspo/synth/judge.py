@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-from fspo.eval.attributes import AXES, attribute_preference
+from fspo.eval.attributes import AXES, Measurement, measure
 from fspo.llm.base import GenerationParams, Message
 
 LENGTH_WORDS = re.compile(r"\b(length|long|short|brief|concise|verbose|detailed|wordy|terse|succinct)\b", re.I)
@@ -108,8 +109,22 @@ def judge_pairs(
     return out
 
 
+@lru_cache(maxsize=65536)
+def _measured(text: str) -> Measurement:
+    return measure(text)
+
+
 def attribute_outcome(attributes: dict[str, str], first: str, second: str) -> Outcome:
-    """The attribute judge as a labeler: exact, order-free; ties are undecided."""
+    """The attribute judge as a labeler: exact, order-free; ties are undecided.
+
+    Same rule as ``fspo.eval.attributes.attribute_preference`` (one point per measurable axis on which a
+    response expresses the user's value), with measurements memoized: every user labels every shared pair.
+    """
     measurable = {a: v for a, v in attributes.items() if a in AXES}
-    pref = attribute_preference(measurable, first, second)
+    if not measurable:
+        raise ValueError(f"none of the user's attributes {sorted(attributes)} is measurable ({', '.join(AXES)})")
+    ma, mb = _measured(first), _measured(second)
+    sa = sum(ma.value(a) == v for a, v in measurable.items())
+    sb = sum(mb.value(a) == v for a, v in measurable.items())
+    pref = (sa > sb) - (sa < sb)
     return Outcome(pref, pref != 0, True, {1: 1.0, -1: 0.0, 0: 0.5}[pref])

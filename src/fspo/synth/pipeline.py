@@ -22,6 +22,7 @@ from fspo.data.io import write_jsonl, write_text_atomic
 from fspo.data.schema import PreferenceRecord, UserProfile
 from fspo.data.splits import assign_splits, split_users
 from fspo.errors import FspoError
+from fspo.eval.attributes import AXES
 from fspo.llm.cache import CachedBackend, CallCache
 from fspo.synth import diagnostics as diag_mod
 from fspo.synth.domain import Domain, load_domain
@@ -160,6 +161,11 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
         raise FspoError(f"{domain.path}: templates: response source 'templates' needs a templates section")
     if cfg.users < 1 or cfg.questions < 1:
         raise FspoError("--users and --questions must be at least 1")
+    if domain.labeler == "attribute" and not set(domain.axes) & set(AXES):
+        raise FspoError(
+            f"{domain.path}: labeler: 'attribute' needs a measurable axis ({', '.join(AXES)}); "
+            f"this domain has {', '.join(domain.axes)}"
+        )
     needs = _needs_llm(domain, cfg)
     if needs and not llms:
         raise FspoError(f"domain {domain.name} needs an LLM ({', '.join(needs)}): pass --backend local|openai|scripted")
