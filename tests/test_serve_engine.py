@@ -92,6 +92,8 @@ def test_resolve_run_folder(tmp_path) -> None:
     assert resolve_run("tiny").layout == "fspo"
     with pytest.raises(FspoError):
         resolve_run(str(tmp_path / "missing"))
+    with pytest.raises(FspoError, match="oracle"):
+        resolve_run("tiny", layout="oracle")
     (run / "fspo_run.json").write_text("{not json")
     with pytest.raises(FspoError, match="fspo_run.json"):
         resolve_run(str(run))

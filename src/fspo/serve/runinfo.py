@@ -60,6 +60,11 @@ def resolve_run(model: str, layout: str | None = None, n_shots: int | None = Non
         check_layout(chosen_layout)
     except ValueError as exc:
         raise FspoError(str(exc)) from None
+    if chosen_layout == "oracle":
+        raise FspoError(
+            "the oracle layout needs each user's gold description, which serving does not have; "
+            "use --layout fspo or rat"
+        )
     shots = n_shots if n_shots is not None else int(meta.get("n_shots") or DEFAULT_SHOTS)
     if shots < 0:
         raise FspoError(f"n_shots must be >= 0, got {shots}")
