@@ -99,13 +99,10 @@ class ModelPool:
 
     def get(self, spec: str):
         if spec not in self._models:
-            import torch
-
             from fspo.models.registry import load_model
 
             model, tok = load_model(spec, self.dtype, seed=self.seed)
             model.eval()
-            torch.set_grad_enabled(False)
             self._models[spec] = (model, tok)
             self._tokenizers[spec] = tok
         return self._models[spec]

@@ -124,7 +124,7 @@ def render_markdown(result: dict) -> str:
         f"({cfg['n_boot']} resamples over {cfg['bootstrap_unit']}s); two-sided sign test on wins vs losses.",
         "",
         "| method | model | n | win rate vs " + base + " [95% CI] | W / T / L | sign-test p | flip rate"
-        " | attribute match | reward acc. @N |",
+        f" | attribute match | reward acc. (N={cfg['shots']}) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in result["methods"].items():
@@ -132,8 +132,9 @@ def render_markdown(result: dict) -> str:
         ra = (result.get("reward_accuracy") or {}).get(method, {}).get("splits", {}).get("heldout_users")
         ra_txt = "–"
         if ra:
-            pt = ra["points"].get(str(cfg["shots"])) or ra["points"][max(ra["points"], key=int)]
-            ra_txt = f"{_fmt(pt['accuracy'])} ({'h' if ra['metric'] == 'implicit_reward' else 'LL'})"
+            pt = ra["points"].get(str(cfg["shots"]))
+            if pt:
+                ra_txt = f"{_fmt(pt['accuracy'])} ({'h' if ra['metric'] == 'implicit_reward' else 'LL'})"
         am = row.get("attribute_match")
         am_txt = _fmt(am["all"]) if am else "–"
         if wr is None:

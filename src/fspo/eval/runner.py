@@ -247,6 +247,8 @@ def run_eval(cfg: EvalConfig) -> dict:
             cfg.progress,
         )
         gens[name] = g
+        if stats["empty_answers"]:
+            notes.append(f"{name}: {stats['empty_answers']}/{len(g)} answers empty after parsing (judged as empty)")
         method_rows[name] = {
             "model": info.spec,
             "reference": info.reference,
