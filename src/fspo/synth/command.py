@@ -107,8 +107,18 @@ def make_backends(args: argparse.Namespace) -> tuple[list, object | None]:
 
 
 def run_synth_command(args: argparse.Namespace) -> int:
+    from fspo.synth.domain import load_domain
     from fspo.synth.pipeline import SynthConfig, run_synth
 
+    domain = load_domain(args.domain)  # fail fast on a bad domain, before loading any model
+    needs_model = (
+        (args.responses or domain.response_source) != "templates"
+        or (args.labeler or domain.labeler) == "judge"
+        or domain.questions.get("source") == "generate"
+        or bool(domain.persona.get("elaborate"))
+    )
+    if args.backend == "local" and not needs_model:
+        args.backend = "none"  # templated reviews with attribute labels: no model to load
     gens, judge = make_backends(args)
     cfg = SynthConfig(
         domain=args.domain,
