@@ -215,3 +215,26 @@ def test_length_rule_and_entropy():
     assert binary_entropy(0.5) == pytest.approx(0.6931, abs=1e-4) and binary_entropy(1.0) == 0.0
     o = attribute_outcome({"sentiment": "positive"}, "I loved it, wonderful.", "I hated it, awful.")
     assert o.label == 1 and o.consistent and o.entropy == 0.0
+
+
+def test_generated_questions_and_dedupe(tmp_path):
+    from fspo.synth.questions import dedupe, parse_numbered
+
+    assert dedupe(["Why is the sky blue?", "why is the sky blue", "Why is the sky so blue?", "How do bees fly?"]) == [
+        "Why is the sky blue?",
+        "How do bees fly?",
+    ]
+    assert parse_numbered("Sure!\n1. How do I bake bread?\n2) What is a good bike?\n- Too short\n") == [
+        "How do I bake bread?",
+        "What is a good bike?",
+    ]
+    dom = tmp_path / "gen.yaml"
+    dom.write_text(
+        "name: gen\naxes:\n  mood: {values: [calm, lively]}\npersona: {core: 'A {mood} person.'}\n"
+        "questions: {source: generate, topic: hobbies}\nresponses: {source: views, views: 3, prompt: "
+        '"Question: {question}\\nFrom this view: {view}"}\nlabeler: judge\n'
+    )
+    out = synth(
+        tmp_path, "--domain", str(dom), "--users", "3", "--questions", "6", "--backend", "scripted", "--no-embed"
+    )
+    assert len({r.prompt for r in load_data(out).prefs}) >= 3

@@ -23,7 +23,7 @@ def normalize(q: str) -> str:
     return " ".join(_WORDS.findall(q.lower()))
 
 
-def dedupe(questions: list[str], jaccard: float = 0.85) -> list[str]:
+def dedupe(questions: list[str], jaccard: float = 0.8) -> list[str]:
     """Keep the first of each group of (near-)duplicates, in order."""
     kept: list[str] = []
     seen: set[str] = set()
