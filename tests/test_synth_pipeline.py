@@ -232,7 +232,7 @@ def test_generated_questions_and_dedupe(tmp_path):
     dom.write_text(
         "name: gen\naxes:\n  mood: {values: [calm, lively]}\npersona: {core: 'A {mood} person.'}\n"
         "questions: {source: generate, topic: hobbies}\nresponses: {source: views, views: 3, prompt: "
-        '"Question: {question}\\nFrom this view: {view}"}\nlabeler: judge\n'
+        '"Question: {question}\\nFrom this view: {view}"}\nlabeler: judge\nrefine: {enabled: true, max_facts: 3}\n'
     )
     out = synth(
         tmp_path, "--domain", str(dom), "--users", "3", "--questions", "6", "--backend", "scripted", "--no-embed"

@@ -263,7 +263,12 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
     records = assign_splits(records, heldout, heldout_q)
     users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
     if not records:
-        raise FspoError("no preference survived labeling (see the counts above); try more questions or another judge")
+        raise FspoError(
+            f"no preference survived labeling: {counts['pairs_selected']} pairs selected, "
+            f"{counts['pairs_dropped_inconsistent']} order-inconsistent, {counts['pairs_dropped_invalid']} invalid "
+            f"verdicts, {counts['responses_kept']} responses kept of {counts['responses_generated']}; "
+            "try more questions, refinement, or a stronger judge"
+        )
     counts["prefs_written"] = len(records)
     counts["prefs_train"] = sum(r.split == "train" for r in records)
     counts["prefs_test"] = sum(r.split == "test" for r in records)
