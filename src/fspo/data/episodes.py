@@ -89,7 +89,8 @@ def build_episodes(
 
     A user with fewer than N+1 usable rows gets as many shots as it has (``shrink``, at least
     ``min_shots``) or is skipped (``skip``). With ``n_shots=0`` every episode is zero-shot.
-    The output order is deterministic: users sorted by id, then rows, then contexts.
+    The output is deterministic and independent of input order: users sorted by id, then
+    rows by content, then contexts.
     """
     if short_users not in SHORT_USER_POLICIES:
         raise ValueError(f"short_users must be one of {SHORT_USER_POLICIES}, got {short_users!r}")
@@ -102,6 +103,7 @@ def build_episodes(
     episodes: list[Episode] = []
     min_shots = min(min_shots, n_shots)
     for user_id, rows in sorted(group_by_user(records).items()):
+        rows = sorted(rows, key=lambda r: (r.prompt, r.chosen, r.rejected))  # content order, not file order
         pools = [eligible_shots(rows, i) for i in range(len(rows))]
         n_user = min((len(p) for p in pools), default=0)
         if n_user >= n_shots:

@@ -38,6 +38,7 @@ def atomic_dir(final: Path, write) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a model folder should be readable like any other
         write(tmp)
         if final.exists():
             shutil.rmtree(final)

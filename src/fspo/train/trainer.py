@@ -170,12 +170,15 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
     return loss, metrics, pair_tokens(pairs, cfg.optim.shared_prefix)
 
 
-def save_checkpoint(accelerator, policy, optimizer, scheduler, stage_dir: Path, step: int, cfg: TrainConfig) -> None:
+def save_checkpoint(
+    accelerator, policy, tokenizer, optimizer, scheduler, stage_dir: Path, step: int, cfg: TrainConfig
+) -> None:
     if not accelerator.is_main_process:
         return
 
     def write(tmp: Path) -> None:
         accelerator.unwrap_model(policy).save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
+        tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
@@ -303,7 +306,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             )
             bar.update(1)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-                save_checkpoint(accelerator, policy, optimizer, scheduler, stage_dir, done, cfg)
+                save_checkpoint(accelerator, policy, tok, optimizer, scheduler, stage_dir, done, cfg)
     bar.close()
     save_final(accelerator, policy, tok, final_dir, cfg)
     if log_with:
