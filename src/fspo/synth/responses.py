@@ -117,10 +117,11 @@ def build_responses(
         texts = _generate_grouped(llms, jobs, params, "responses")
         chosen: dict[tuple[int, int], dict] = {}
         for (qi, ci, _s), job, raw in zip(where, jobs, texts):
+            counts["responses_generated"] += 1
             if (qi, ci) in chosen:
+                counts["responses_spare_candidates_unused"] += 1
                 continue
             text, steer = clean_response(raw), combos[ci]
-            counts["responses_generated"] += 1
             if not text:
                 counts["responses_dropped_empty"] += 1
             elif any(text == r["text"] for r in chosen.values() if r["qi"] == qi):
