@@ -28,10 +28,11 @@ def test_ipo_run_writes_loadable_checkpoint_and_metrics(dataset, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.config.num_hidden_layers == 2
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert {"loss", "reward_accuracy", "margin", "tokens_per_s", "lr"} <= set(rows[0])
-    assert rows[0]["loss"] == pytest.approx((1 / (2 * 0.1)) ** 2)  # IPO at init: h = 0
-    assert "eval/reward_accuracy" in rows[1] and "eval/reward_accuracy" in rows[3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert set(rows[0]) == {"stage", "step", "eval/ll_accuracy", "eval/chosen_nll"}  # the starting point
+    assert {"loss", "reward_accuracy", "margin", "tokens_per_s", "lr"} <= set(rows[1])
+    assert rows[1]["loss"] == pytest.approx((1 / (2 * 0.1)) ** 2)  # IPO at init: h = 0
+    assert "eval/reward_accuracy" in rows[2] and "eval/reward_accuracy" in rows[4]
     run = json.loads((out / "fspo_run.json").read_text())
     assert run["heldout_users"] == ["u3", "u4"] and run["layout"] == "fspo"
 
@@ -73,7 +74,7 @@ def test_two_commands_equal_one(dataset, tmp_path):
 
 def test_dpo_and_rat_layout(dataset, tmp_path):
     out = train(_cfg(dataset, tmp_path / "rat", **{"loss.name": "dpo", "data.layout": "rat", "optim.steps": 1}))
-    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert row["loss"] == pytest.approx(0.6931, abs=1e-3)  # -log sigmoid(0)
 
 

@@ -114,30 +114,29 @@ def reference_logps(policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, dev
 
 
 def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pad_id: int, device, stage: str) -> dict:
-    """Held-out reward accuracy (h > 0) for preference stages; log-likelihood accuracy for SFT."""
+    """Held-out accuracy. ``ll_accuracy``: the policy's own log-likelihood ranks chosen first (the
+    only meaningful number for an untrained or SFT model); ``reward_accuracy``: the implicit reward
+    β·log(π/π_ref) does (preference stages)."""
     if not pairs:
         return {}
     policy.eval()
-    correct, margins, nll = 0, [], []
+    ll_correct, rw_correct, margins, nll = 0, 0, [], []
     with torch.no_grad():
         for i in range(0, len(pairs), cfg.optim.batch_size):
             chunk = pairs[i : i + cfg.optim.batch_size]
             pc, pr = pair_logps(policy, chunk, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
-            if stage == "sft":
-                h = pc - pr
-            else:
+            ll_correct += int((pc > pr).sum())
+            nll += (-pc).tolist()
+            if stage != "sft":
                 rc, rr = reference_logps(policy, ref_model, chunk, cfg, pad_id, device)
                 h = log_ratio_margin(pc, pr, rc, rr)
-            correct += int((h > 0).sum())
-            margins += h.tolist()
-            nll += (-pc).tolist()
+                rw_correct += int((h > 0).sum())
+                margins += (cfg.loss.beta * h).tolist()
     policy.train()
-    key = "eval/ll_accuracy" if stage == "sft" else "eval/reward_accuracy"
-    return {
-        key: correct / len(pairs),
-        "eval/margin": sum(margins) / len(margins),
-        "eval/chosen_nll": sum(nll) / len(nll),
-    }
+    out = {"eval/ll_accuracy": ll_correct / len(pairs), "eval/chosen_nll": sum(nll) / len(nll)}
+    if stage != "sft":
+        out.update({"eval/reward_accuracy": rw_correct / len(pairs), "eval/margin": sum(margins) / len(margins)})
+    return out
 
 
 def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, device):
@@ -264,6 +263,14 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     )
     stage_dir.mkdir(parents=True, exist_ok=True)
     with open(metrics_path, "a", encoding="utf-8") as log:
+        if data.eval and start_step == 0 and cfg.eval_every:
+            # The starting point. Policy == reference here, so the implicit reward is identically 0:
+            # only the log-likelihood comparison is informative.
+            start = evaluate(policy, ref_model, data.eval, cfg, pad_id, accelerator.device, "sft")
+            row = {"stage": stage, "step": 0, **start}
+            if accelerator.is_main_process:
+                log.write(json.dumps(row) + "\n")
+            accelerator.print(f"[{stage}] step 0: held-out ll_accuracy {row['eval/ll_accuracy']:.3f}")
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             tokens, agg = 0, {}
@@ -296,7 +303,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             done = step + 1
             if data.eval and ((cfg.eval_every and done % cfg.eval_every == 0) or done == steps):
                 row.update(evaluate(policy, ref_model, data.eval, cfg, pad_id, accelerator.device, stage))
-            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == steps or "eval/margin" in row):
+            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == steps or "eval/chosen_nll" in row):
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if log_with:
