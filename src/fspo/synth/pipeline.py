@@ -262,13 +262,6 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
     heldout_q = qtexts[: round(len(qtexts) * cfg.heldout_questions)]
     records = assign_splits(records, heldout, heldout_q)
     users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
-    if not records:
-        raise FspoError(
-            f"no preference survived labeling: {counts['pairs_selected']} pairs selected, "
-            f"{counts['pairs_dropped_inconsistent']} order-inconsistent, {counts['pairs_dropped_invalid']} invalid "
-            f"verdicts, {counts['responses_kept']} responses kept of {counts['responses_generated']}; "
-            "try more questions, refinement, or a stronger judge"
-        )
     counts["prefs_written"] = len(records)
     counts["prefs_train"] = sum(r.split == "train" for r in records)
     counts["prefs_test"] = sum(r.split == "test" for r in records)
@@ -312,6 +305,13 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
         diag_mod.write_diagnostics(out / "diagnostics", diag, sims, ids, plots=cfg.plots)
     stage("diagnostics", s)
 
+    if not records:  # diagnostics are written first: they say why
+        raise FspoError(
+            f"no preference survived labeling: {counts['pairs_selected']} pairs selected, "
+            f"{counts['pairs_dropped_inconsistent']} order-inconsistent, {counts['pairs_dropped_invalid']} invalid "
+            f"verdicts, {counts['responses_kept']} responses kept of {counts['responses_generated']}; "
+            "try more questions, refinement, or a stronger judge"
+        )
     write_jsonl(out / "users.jsonl", users)
     write_jsonl(out / "prefs.jsonl", records)
     timings["total"] = round(time.perf_counter() - t0, 3)
