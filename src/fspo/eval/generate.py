@@ -202,6 +202,7 @@ def generate_method(
         "cache_hits": backend.hits,
         "generated": backend.misses,
         "empty_answers": sum(1 for g in out if not g.answer.strip()),
+        "echoed_question": sum(1 for g in out if g.answer.strip() == g.question.strip()),
         "mean_shots": (sum(kept) / len(kept)) if kept else 0.0,
     }
     return out, stats

@@ -40,10 +40,9 @@ def plot_win_rates(result: dict, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6), dpi=120)
     ax.bar(names, rates, yerr=[lo, hi], capsize=6, color="#4C72B0", edgecolor="black", linewidth=0.6)
     ax.axhline(50, color="grey", linestyle="--", linewidth=1)
-    for i, (r, (_, s)) in enumerate(zip(rates, rows)):
-        ax.text(i, 2, f"n={s['n']}", ha="center", va="bottom", fontsize=8, color="white")
-        ax.text(i, min(r + hi[i] + 2, 96), f"{r:.0f}%", ha="center", va="bottom", fontsize=9)
-    ax.set_ylim(0, 100)
+    for i, (r, (_, s)) in enumerate(zip(rates, rows)):  # labels at the foot of the bar: never under a CI cap
+        ax.text(i + 0.05, 2, f"{r:.0f}%\nn={s['n']}", ha="left", va="bottom", fontsize=8, color="white")
+    ax.set_ylim(0, 102)
     ax.set_ylabel(f"win rate vs {result['config']['baseline']} (%)")
     ax.set_title(
         f"Win rate vs {result['config']['baseline']} ({result['judge']['name']} judge; "

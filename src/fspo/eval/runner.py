@@ -249,6 +249,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         gens[name] = g
         if stats["empty_answers"]:
             notes.append(f"{name}: {stats['empty_answers']}/{len(g)} answers empty after parsing (judged as empty)")
+        if stats["echoed_question"]:
+            notes.append(f"{name}: {stats['echoed_question']}/{len(g)} answers only repeat the question")
         method_rows[name] = {
             "model": info.spec,
             "reference": info.reference,
