@@ -112,7 +112,8 @@ def margins(
             rc, rr = ref[i]
             m -= _reduce(rc, scorer.reduction) - _reduce(rr, scorer.reduction)
         out.append(m)
-    return out, [p.user_id for p in pairs], [p.n_shots for p in pairs]
+    kept = [0 if scorer.layout == "zeroshot" else p.n_shots for p in pairs]  # zero-shot renders no shots
+    return out, [p.user_id for p in pairs], kept
 
 
 def accuracy_point(margin_values: Sequence[float], users: Sequence[str], shots_kept: Sequence[int]) -> dict:
