@@ -75,3 +75,7 @@ def test_parse_generation():
     assert parse_generation("Great film.\n# Example 3\n## Question", "fspo") == ("Great film.", None)
     assert parse_generation("Likes short.\n## Preferred Response \nShort!\n", "rat") == ("Short!", "Likes short.")
     assert parse_generation("only a description", "rat") == ("", "only a description")
+    echoed = "## Question \nWrite a review.\n## Preferred Response \nGood one.\n# Example 2"
+    assert parse_generation(echoed, "fspo") == ("Good one.", None)
+    assert parse_generation("## Question \nWrite a review.\n", "fspo") == ("", None)
+    assert parse_generation("## Response \nFine.", "prefonly") == ("Fine.", None)

@@ -138,15 +138,18 @@ def parse_generation(text: str, layout: str = "fspo") -> tuple[str, str | None]:
             text = rest
         else:
             return "", text.strip() or None
-    # Stop at the next markdown header the model starts on its own (a new example or task).
-    lines = []
-    for line in text.lstrip(" \n").splitlines():
-        if line.startswith("#") and lines:
+    lines = text.lstrip(" \n").splitlines()
+    if lines and lines[0].startswith("#"):
+        # The model restarted the template (e.g. echoed "## Question" first): take its first
+        # response block, or nothing, never the echoed question.
+        starts = [i for i, line in enumerate(lines) if line.strip() == header.strip()]
+        lines = lines[starts[0] + 1 :] if starts else []
+    answer = []
+    for line in lines:
+        if line.startswith("#"):  # the next example, task or question: the answer is over
             break
-        if line.startswith("#"):
-            continue
-        lines.append(line)
-    return "\n".join(lines).strip(), description
+        answer.append(line)
+    return "\n".join(answer).strip(), description
 
 
 def wrap_chat(tokenizer, prompt: str) -> str:
