@@ -1,0 +1,253 @@
+"""Quality benchmark: the paper's Reviews table at small scale, on held-out users, on this CPU.
+
+    python bench/quality_reviews.py --out bench-out/quality            # full scale (about 2 h on 2 cores)
+    python bench/quality_reviews.py --out bench-out/quality-s --scale small
+
+Builds a reviews-domain dataset with the synth pipeline (users over sentiment x length; held-out
+users include every user of one attribute combination that training never sees, plus a random
+quarter of the rest; held-out questions), trains the paper's rows with fspo (full fine-tune of the
+embedded SmolLM2-135M, SFT then IPO, shared-prefix batches), and evaluates them with the attribute
+judge: win rate vs base with 95% CIs and reward accuracy. Prints the table and which targets were
+met; writes quality.json and quality.md. Every stage caches, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SCALES = {
+    # users, questions, sft steps, ipo steps, eval users, eval queries per user
+    "small": dict(users=24, questions=10, sft_steps=8, steps=30, eval_users=6, eval_queries=2),
+    "full": dict(users=48, questions=16, sft_steps=15, steps=80, eval_users=12, eval_queries=2),
+}
+HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose"}
+TARGETS = "fspo-ipo win rate >= 80%; reward accuracy >= 90%; rat >= ipo; 8 shots >= 4 shots; FSPO > fewshot, prefft"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # row label in the table
+    method: str  # fspo eval method
+    run: str | None  # training run name (None: the base model)
+    shots: int
+
+
+ROWS = [
+    Row("base", "base", None, 4),
+    Row("fewshot (4)", "fewshot", None, 4),
+    Row("fewshot (8)", "fewshot", None, 8),
+    Row("prefft", "prefft", "prefft", 4),
+    Row("pooled", "pooled", "pooled", 4),
+    Row("fspo-ipo (4)", "fspo-ipo", "fspo4", 4),
+    Row("fspo-ipo (8)", "fspo-ipo", "fspo8", 8),
+    Row("fspo-rat", "fspo-rat", "rat", 4),
+    Row("oracle", "oracle", None, 4),
+]
+
+
+def build_data(out: Path, scale: dict, seed: int) -> Path:
+    """Synthesize users; then hold out every user of HELDOUT_COMBO as well as the synth's random held-out users."""
+    from fspo.data.io import load_data, write_jsonl
+    from fspo.data.splits import assign_splits
+    from fspo.synth.pipeline import SynthConfig, run_synth
+
+    raw = out / "synth"
+    run_synth(
+        SynthConfig(
+            domain="reviews",
+            users=scale["users"],
+            questions=scale["questions"],
+            out=raw,
+            seed=seed,
+            heldout_users=0.25,
+            heldout_questions=0.2,
+            embed=False,
+        ),
+        llms=[],
+    )
+    data = load_data(raw)
+    combo_users = {
+        u.user_id for u in data.users.values() if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())
+    }
+    heldout = combo_users | {u.user_id for u in data.users.values() if u.split == "test"}
+    heldout_q = {r.prompt for r in data.prefs if r.split == "test" and r.user_id not in heldout}
+    prefs = assign_splits(data.prefs, heldout, heldout_q)
+    users = [replace(u, split="test" if u.user_id in heldout else "train") for u in data.users.values()]
+    dest = out / "data"
+    write_jsonl(dest / "users.jsonl", users)
+    write_jsonl(dest / "prefs.jsonl", prefs)
+    print(
+        f"data: {len(users)} users ({len(heldout)} held out, {len(combo_users)} of the unseen combination "
+        f"{HELDOUT_COMBO}); {len(prefs)} preferences"
+    )
+    return dest
+
+
+def train_runs(out: Path, data: Path, scale: dict, seed: int) -> dict[str, Path]:
+    from fspo.config import load_config
+    from fspo.train.config import TrainConfig
+    from fspo.train.trainer import train
+
+    common = {
+        "data.path": str(data),
+        "model.name": "smollm2",
+        "optim.shared_prefix": True,
+        "optim.batch_size": 2,
+        "optim.lr": 5e-5,
+        "loss.beta": 0.1,
+        "loss.reduction": "mean",
+        "eval_every": 20,
+        "save_every": 10,
+        "data.eval_episodes": 16,
+        "seed": seed,
+        "optim.steps": scale["steps"],
+        "optim.sft_steps": scale["sft_steps"],
+    }
+    runs = {
+        "prefft": {
+            "loss.name": "sft",
+            "data.shots": 4,
+            "data.max_length": 640,
+            "optim.steps": scale["sft_steps"] + scale["steps"] // 2,
+        },
+        "pooled": {"loss.name": "sft+ipo", "data.layout": "zeroshot", "data.shots": 0, "data.max_length": 256},
+        "fspo4": {"loss.name": "sft+ipo", "data.shots": 4, "data.max_length": 640},
+        "fspo8": {"loss.name": "sft+ipo", "data.shots": 8, "data.max_length": 1152},
+        "rat": {"loss.name": "sft+ipo", "data.layout": "rat", "data.shots": 4, "data.max_length": 700},
+    }
+    done = {}
+    for name, overrides in runs.items():
+        t = time.perf_counter()
+        print(f"\n== train {name}", flush=True)
+        cfg = load_config(TrainConfig, None, {**common, **overrides, "out": str(out / "runs" / name)})
+        done[name] = train(cfg)
+        print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
+    return done
+
+
+def evaluate(out: Path, data: Path, runs: dict[str, Path], scale: dict, seed: int) -> dict[str, dict]:
+    from fspo.eval.runner import EvalConfig, run_eval
+
+    results = {}
+    for shots in (4, 8):
+        rows = [r for r in ROWS if r.shots == shots]
+        methods = [r.method for r in rows]
+        method_models = {r.method: str(runs[r.run]) for r in rows if r.run}
+        print(f"\n== eval N={shots}: {', '.join(r.name for r in rows)}", flush=True)
+        results[shots] = run_eval(
+            EvalConfig(
+                data=str(data),
+                methods=methods,
+                method_models=method_models,
+                base_model="smollm2",
+                shots=shots,
+                shots_curve=[0, 4, 8],
+                judge="attribute",
+                users=scale["eval_users"],
+                queries=scale["eval_queries"],
+                max_new_tokens=64,
+                max_length=1216,
+                seed=seed,
+                out=str(out / f"eval-{shots}"),
+            )
+        )
+    return results
+
+
+def table(results: dict[int, dict]) -> list[dict]:
+    out = []
+    for r in ROWS:
+        res = results[r.shots]
+        wr = res["win_rate"].get(r.method)
+        ra = (res.get("reward_accuracy") or {}).get(r.method, {}).get("splits", {})
+        point = ra.get("heldout_users", {}).get("points", {}).get(str(r.shots))
+        q_point = ra.get("heldout_questions", {}).get("points", {}).get(str(r.shots))
+        out.append(
+            {
+                "row": r.name,
+                "n": res["methods"][r.method]["n"],
+                "win_rate": wr["win_rate"] if wr else None,
+                "ci": wr["ci"] if wr else None,
+                "reward_accuracy": point["accuracy"] if point else None,
+                "reward_accuracy_heldout_questions": q_point["accuracy"] if q_point else None,
+                "metric": ra.get("heldout_users", {}).get("metric"),
+                "attribute_match": (res["methods"][r.method].get("attribute_match") or {}).get("all"),
+            }
+        )
+    return out
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def render(rows: list[dict]) -> str:
+    lines = [
+        "| row | n | win rate vs base [95% CI] | reward acc. (held-out users) | reward acc. (held-out questions) | attribute match |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        wr = (
+            "(baseline)"
+            if r["win_rate"] is None
+            else f"{_pct(r['win_rate'])} [{100 * r['ci'][0]:.0f}, {100 * r['ci'][1]:.0f}]"
+        )
+        kind = {"implicit_reward": " (h>0)", "loglik": " (LL)"}.get(r["metric"] or "", "")
+        lines.append(
+            f"| {r['row']} | {r['n']} | {wr} | {_pct(r['reward_accuracy'])}{kind} | "
+            f"{_pct(r['reward_accuracy_heldout_questions'])} | {_pct(r['attribute_match'])} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    by = {r["row"]: r for r in rows}
+    w = lambda name: by[name]["win_rate"] or 0.0  # noqa: E731
+    checks = [
+        ("fspo-ipo (4) win rate vs base >= 80%", w("fspo-ipo (4)") >= 0.8),
+        ("fspo-ipo (4) reward accuracy >= 90%", (by["fspo-ipo (4)"]["reward_accuracy"] or 0) >= 0.9),
+        ("fspo-rat >= fspo-ipo (4)", w("fspo-rat") >= w("fspo-ipo (4)")),
+        ("8 shots >= 4 shots (fspo-ipo win rate)", w("fspo-ipo (8)") >= w("fspo-ipo (4)")),
+        ("fspo-ipo (4) > fewshot (4)", w("fspo-ipo (4)") > w("fewshot (4)")),
+        ("fspo-ipo (4) > prefft", w("fspo-ipo (4)") > w("prefft")),
+    ]
+    return [f"- [{'x' if ok else ' '}] {name}: {'met' if ok else 'MISSED'}" for name, ok in checks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench-out/quality")
+    ap.add_argument("--scale", choices=list(SCALES), default="full")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out, scale = Path(args.out), SCALES[args.scale]
+    t0 = time.perf_counter()
+    data = build_data(out, scale, args.seed)
+    runs = train_runs(out, data, scale, args.seed)
+    results = evaluate(out, data, runs, scale, args.seed)
+    rows = table(results)
+    minutes = (time.perf_counter() - t0) / 60
+    md = "\n".join(
+        [
+            f"Scale `{args.scale}` ({scale}); wall time {minutes:.0f} min.",
+            "",
+            render(rows),
+            "",
+            f"Targets ({TARGETS}):",
+            *targets(rows),
+            "",
+        ]
+    )
+    (out / "quality.md").write_text(md)
+    (out / "quality.json").write_text(json.dumps({"scale": args.scale, "minutes": minutes, "rows": rows}, indent=2))
+    print("\n" + md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
