@@ -48,9 +48,13 @@ def test_format_table():
 
 @pytest.mark.slow
 @pytest.mark.embedded
-def test_demo_fast_on_embedded_model(tmp_path):
+def test_demo_fast_on_embedded_model(tmp_path, monkeypatch):
     """The README's main job in its --fast form, on the real SmolLM2 (under 3 minutes on 2 cores)."""
+    import os
+
+    monkeypatch.delenv("FSPO_CACHE", raising=False)
     summary = run_demo(tmp_path / "demo", fast=True, progress=False)
     assert summary["plan"]["model"] == "smollm2"
     assert (tmp_path / "demo" / "eval" / "win_rate.png").exists()
     assert (tmp_path / "demo" / ".cache").exists()  # the model conversion stayed under --out
+    assert "FSPO_CACHE" not in os.environ  # and the process environment is left as it was

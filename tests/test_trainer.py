@@ -60,7 +60,7 @@ def test_two_stage_lora_recipe(dataset, tmp_path):
     run = json.loads((out / "fspo_run.json").read_text())
     assert list(run["stages"]) == ["sft", "ipo"]
     sft_rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert "nll" in sft_rows[0]
+    assert "nll" in sft_rows[1] and sft_rows[0]["step"] == 0
 
 
 def test_two_commands_equal_one(dataset, tmp_path):

@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +30,13 @@ class DemoPlan:
     heldout_users: float = 0.25
     shots: int = 4
     max_length: int = 512
-    sft_steps: int = 10
-    steps: int = 40
+    sft_steps: int = 6
+    steps: int = 60
     batch_size: int = 2
-    lr: float = 5e-5
+    lr: float = 1e-4
     eval_users: int = 8
     eval_queries: int = 3
-    shots_curve: list[int] = field(default_factory=lambda: [0, 2, 4])
+    shots_curve: list[int] = field(default_factory=lambda: [0, 4])
     max_new_tokens: int = 64
     methods: list[str] = field(default_factory=lambda: ["base", "fewshot", "fspo-ipo"])
     embed: bool = True
@@ -59,16 +61,33 @@ def _banner(i: int, n: int, name: str, t0: float) -> None:
     print(f"\n[{i}/{n}] {name}  (elapsed {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+@contextmanager
+def model_cache_under(out: Path) -> Iterator[None]:
+    """Keep the converted embedded model under ``out`` (unless FSPO_CACHE is set) for this run only."""
+    if os.environ.get("FSPO_CACHE"):
+        yield
+        return
+    os.environ["FSPO_CACHE"] = str((out / ".cache").resolve())
+    try:
+        yield
+    finally:
+        os.environ.pop("FSPO_CACHE", None)
+
+
 def run_demo(out: str | Path, fast: bool = False, model: str = "smollm2", seed: int = 0, progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with model_cache_under(out):
+        return _run_demo(out, fast, model, seed, progress)
+
+
+def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> dict:
     from fspo.config import load_config
     from fspo.eval.runner import EvalConfig, run_eval
     from fspo.synth.pipeline import SynthConfig, run_synth
     from fspo.train.config import TrainConfig
     from fspo.train.trainer import train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FSPO_CACHE", str((out / ".cache").resolve()))
     plan = FAST if fast else DemoPlan()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

@@ -56,28 +56,18 @@ def sequence_logps(
     if todo:
         import torch
 
-        from fspo.train.batching import collate_pairs, split_pair_logps
-        from fspo.train.losses import token_logps
+        from fspo.train.batching import pair_logps
 
         model, tok = pool.get(spec)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
-            batch = collate_pairs([pairs[i] for i in idx], pad)
-            with torch.no_grad():
-                out = model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    logits_to_keep=batch.keep + 1,
-                    use_cache=False,
-                )
-                sums, counts = token_logps(out.logits[:, :-1], batch.labels)
-            (sc, sr), (cc, cr) = split_pair_logps(sums), split_pair_logps(counts.float())
+            chunk = [pairs[i] for i in todo[start : start + batch_size]]
+            with torch.no_grad():  # one shared-prefix sequence per pair: the prompt runs once
+                sc, sr = pair_logps(model, chunk, pad, "sum", model.device, shared_prefix=True)
             new = {}
-            for j, i in enumerate(idx):
-                new[keys[i][0]] = [float(sc[j]), float(cc[j])]
-                new[keys[i][1]] = [float(sr[j]), float(cr[j])]
+            for j, i in enumerate(todo[start : start + batch_size]):
+                new[keys[i][0]] = [float(sc[j]), float(len(pairs[i].chosen_ids))]
+                new[keys[i][1]] = [float(sr[j]), float(len(pairs[i].rejected_ids))]
             cache.put_many(new)
             found.update(new)
     return [(found[kc], found[kr]) for kc, kr in keys]
