@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SCALES = {
+    "smoke": dict(users=12, questions=6, sft_steps=1, steps=2, eval_users=2, eval_queries=1),
     # users, questions, sft steps, ipo steps, eval users, eval queries per user
-    "small": dict(users=24, questions=10, sft_steps=8, steps=30, eval_users=6, eval_queries=2),
+    "small": dict(users=24, questions=10, sft_steps=6, steps=40, eval_users=6, eval_queries=2),
     "full": dict(users=48, questions=16, sft_steps=15, steps=80, eval_users=12, eval_queries=2),
 }
 HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose"}
@@ -88,17 +89,17 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
     return dest
 
 
-def train_runs(out: Path, data: Path, scale: dict, seed: int) -> dict[str, Path]:
+def train_runs(out: Path, data: Path, scale: dict, seed: int, model: str = "smollm2") -> dict[str, Path]:
     from fspo.config import load_config
     from fspo.train.config import TrainConfig
     from fspo.train.trainer import train
 
     common = {
         "data.path": str(data),
-        "model.name": "smollm2",
+        "model.name": model,
         "optim.shared_prefix": True,
         "optim.batch_size": 2,
-        "optim.lr": 5e-5,
+        "optim.lr": 1e-4,
         "loss.beta": 0.1,
         "loss.reduction": "mean",
         "eval_every": 20,
@@ -130,7 +131,9 @@ def train_runs(out: Path, data: Path, scale: dict, seed: int) -> dict[str, Path]
     return done
 
 
-def evaluate(out: Path, data: Path, runs: dict[str, Path], scale: dict, seed: int) -> dict[str, dict]:
+def evaluate(
+    out: Path, data: Path, runs: dict[str, Path], scale: dict, seed: int, model: str = "smollm2"
+) -> dict[str, dict]:
     from fspo.eval.runner import EvalConfig, run_eval
 
     results = {}
@@ -144,7 +147,7 @@ def evaluate(out: Path, data: Path, runs: dict[str, Path], scale: dict, seed: in
                 data=str(data),
                 methods=methods,
                 method_models=method_models,
-                base_model="smollm2",
+                base_model=model,
                 shots=shots,
                 shots_curve=[0, 4, 8],
                 judge="attribute",
@@ -224,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-out/quality")
     ap.add_argument("--scale", choices=list(SCALES), default="full")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (the benchmark) | tiny (a smoke test of the script)")
     args = ap.parse_args(argv)
     out, scale = Path(args.out), SCALES[args.scale]
     t0 = time.perf_counter()
     data = build_data(out, scale, args.seed)
-    runs = train_runs(out, data, scale, args.seed)
-    results = evaluate(out, data, runs, scale, args.seed)
+    runs = train_runs(out, data, scale, args.seed, args.model)
+    results = evaluate(out, data, runs, scale, args.seed, args.model)
     rows = table(results)
     minutes = (time.perf_counter() - t0) / 60
     md = "\n".join(
