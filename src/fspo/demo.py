@@ -294,4 +294,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny | a local model folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.fast, args.model, args.seed, not args.quiet) and 0)
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    run_demo(args.out, args.fast, args.model, args.seed, not args.quiet)
+    return 0
