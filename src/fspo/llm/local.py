@@ -10,6 +10,22 @@ from tqdm.auto import tqdm
 from fspo.llm.base import GenerationParams, Prompt, apply_stops
 
 
+def generate_kwargs(params: GenerationParams, tokenizer) -> dict:
+    """``model.generate`` arguments for ``params``: greedy unless temperature > 0 (then top-p sampling)."""
+    sample = params.temperature > 0
+    kwargs = dict(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if sample:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    else:  # silence generation-config defaults that only apply to sampling
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
 class LocalBackend:
     """Generate with a loaded causal LM. Chat prompts use the tokenizer's chat template."""
 
@@ -46,15 +62,7 @@ class LocalBackend:
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             tok.padding_side = old_side
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            sample = params.temperature > 0
-            gen_kwargs = dict(
-                max_new_tokens=params.max_new_tokens,
-                do_sample=sample,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-            if sample:
-                gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            gen_kwargs = generate_kwargs(params, tok)
             # Seed per batch position so a batch's output does not depend on what ran before it.
             with torch.random.fork_rng():
                 torch.manual_seed(params.seed * 1_000_003 + start)

@@ -24,6 +24,7 @@ from fspo.data.prompts import generation_prefix, parse_generation, render_prompt
 from fspo.data.schema import PreferenceRecord
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
+from fspo.llm.local import generate_kwargs
 from fspo.serve.runinfo import RunInfo
 
 # A generation that starts a new example or task block is finished.
@@ -168,19 +169,7 @@ class Engine:
     @torch.no_grad()
     def _decode(self, ids: list[int], params: GenerationParams, cache=None) -> list[int]:
         tok = self.tokenizer
-        sample = params.temperature > 0
-        kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            stop_strings=list(STOP_STRINGS),
-            tokenizer=tok,
-        )
-        if sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs = generate_kwargs(params, tok) | {"stop_strings": list(STOP_STRINGS), "tokenizer": tok}
         if cache is not None:
             kwargs[self._cache_kw] = cache
         input_ids = torch.tensor([ids])
