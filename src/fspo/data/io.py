@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fspo.data.schema import PreferenceRecord, UserProfile, parse_preference, parse_user
 from fspo.errors import DataError, FspoError
@@ -140,38 +142,54 @@ def validate_file(path: str | Path) -> list[DataError]:
     return problems
 
 
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
-    """Atomically write rows (dataclasses with ``to_dict`` or dicts) as JSONL; return the row count."""
+@contextmanager
+def _atomic_file(path: str | Path) -> Iterator[TextIO]:
+    """Open a temp file next to ``path``; on success fsync and rename it over ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                obj = row.to_dict() if hasattr(row, "to_dict") else row
-                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                n += 1
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Atomically write rows (dataclasses with ``to_dict`` or dicts) as JSONL; return the row count."""
+    n = 0
+    with _atomic_file(path) as fh:
+        for row in rows:
+            obj = row.to_dict() if hasattr(row, "to_dict") else row
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with _atomic_file(path) as fh:
+        fh.write(text)
+
+
+def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` and rename the result to ``final`` (replacing an old one), so a folder
+    with the final name is always whole, even after a kill -9."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a model folder should be readable like any other
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 @dataclass

@@ -8,11 +8,17 @@ instead of failing under load.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+
+def hash_secret(secret: str) -> str:
+    """What is stored for an API key or invite token: its SHA-256, never the secret itself."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Database:

@@ -6,14 +6,13 @@ parameter, so a route for one user cannot touch another user's rows.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fspo.data.schema import PreferenceRecord
-from fspo.serve.db import Database
+from fspo.serve.db import Database, hash_secret
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -31,10 +30,6 @@ CREATE TABLE IF NOT EXISTS preferences (
 );
 CREATE INDEX IF NOT EXISTS preferences_user ON preferences(user_id, id);
 """
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -70,12 +65,12 @@ class UserStore:
             con.execute(
                 "INSERT INTO users(user_id, key_hash, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(user_id) DO UPDATE SET key_hash = excluded.key_hash",
-                (user_id, hash_key(key), time.time()),
+                (user_id, hash_secret(key), time.time()),
             )
         return key
 
     def user_for_key(self, key: str) -> str | None:
-        rows = self.db.query("SELECT user_id FROM users WHERE key_hash = ?", (hash_key(key),))
+        rows = self.db.query("SELECT user_id FROM users WHERE key_hash = ?", (hash_secret(key),))
         return rows[0]["user_id"] if rows else None
 
     def add(self, user_id: str, pairs: list[tuple[str, str, str]]) -> list[int]:

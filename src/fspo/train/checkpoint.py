@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from fspo.data.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
 
@@ -31,22 +32,6 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / STATE_FILE).read_text())
-
-
-def atomic_dir(final: Path, write) -> Path:
-    """Call ``write(tmp_dir)`` and rename the result to ``final`` (replacing an old one)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a model folder should be readable like any other
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def prune(stage_dir: Path, keep: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import write_jsonl, write_text_atomic
+from fspo.data.io import atomic_dir, write_jsonl, write_text_atomic
 from fspo.data.truncation import TokenizedPair
 from fspo.train import checkpoint as ckpt
 from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
@@ -182,7 +182,7 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
 
-    ckpt.atomic_dir(stage_dir / "checkpoints" / f"step-{step:06d}", write)
+    atomic_dir(stage_dir / "checkpoints" / f"step-{step:06d}", write)
     ckpt.prune(stage_dir, cfg.keep_checkpoints)
 
 
@@ -201,7 +201,7 @@ def save_final(accelerator, policy, tokenizer, final_dir: Path, cfg: TrainConfig
             model.save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
         tokenizer.save_pretrained(tmp)
 
-    ckpt.atomic_dir(final_dir, write)
+    atomic_dir(final_dir, write)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

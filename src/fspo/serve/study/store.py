@@ -8,7 +8,6 @@ once, and a repeated or concurrent post for the same item is a conflict, never a
 
 from __future__ import annotations
 
-import hashlib
 import random
 import secrets
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fspo.errors import FspoError
-from fspo.serve.db import Database
+from fspo.serve.db import Database, hash_secret
 from fspo.serve.study.config import StudyConfig, config_from_json
 
 SCHEMA = """
@@ -67,10 +66,6 @@ class NotFound(Exception):
     """No such item for this participant (or not in this phase)."""
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Participant:
     id: int
@@ -109,7 +104,7 @@ class StudyStore:
             for _ in range(n):
                 token = secrets.token_urlsafe(18)
                 cur = con.execute(
-                    "INSERT INTO participants(token_hash, created_at) VALUES (?, ?)", (hash_token(token), time.time())
+                    "INSERT INTO participants(token_hash, created_at) VALUES (?, ?)", (hash_secret(token), time.time())
                 )
                 self._assign(con, int(cur.lastrowid), config)
                 tokens.append(token)
@@ -135,7 +130,7 @@ class StudyStore:
             )
 
     def participant(self, token: str) -> Participant | None:
-        rows = self.db.query("SELECT id, status, error FROM participants WHERE token_hash = ?", (hash_token(token),))
+        rows = self.db.query("SELECT id, status, error FROM participants WHERE token_hash = ?", (hash_secret(token),))
         return Participant(rows[0]["id"], rows[0]["status"], rows[0]["error"]) if rows else None
 
     def get(self, pid: int) -> Participant:
