@@ -2,7 +2,7 @@
 
 import pytest
 
-from fspo.data.prompts import parse_generation, render_episode, render_prompt, wrap_chat
+from fspo.data.prompts import generation_prefix, parse_generation, render_episode, render_prompt, wrap_chat
 from fspo.data.schema import PreferenceRecord
 
 SHOTS = [PreferenceRecord("u", "Q1", "W1", "L1"), PreferenceRecord("u", "Q2", "W2", "L2")]
@@ -79,3 +79,26 @@ def test_parse_generation():
     assert parse_generation(echoed, "fspo") == ("Good one.", None)
     assert parse_generation("## Question \nWrite a review.\n", "fspo") == ("", None)
     assert parse_generation("## Response \nFine.", "prefonly") == ("Fine.", None)
+
+
+def _generation_ids_prefix_training_ids(tokenizer, layout: str) -> bool:
+    ep = render_episode(SHOTS, PreferenceRecord("u", "Qx", "Great movie.", "Bad."), layout, "Likes it.")
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    trained = enc(ep.prompt) + enc(ep.chosen)  # how the trainer encodes an episode
+    prompted = enc(render_prompt(SHOTS, "Qx", layout, "Likes it.") + generation_prefix(layout))
+    return trained[: len(prompted)] == prompted
+
+
+@pytest.mark.parametrize("layout", ["fspo", "rat", "oracle", "prefonly"])
+def test_generation_prompt_tokens_are_a_prefix_of_training_tokens(tiny, layout):
+    assert _generation_ids_prefix_training_ids(tiny[1], layout)
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("layout", ["fspo", "rat"])
+def test_generation_prompt_tokens_match_training_with_smollm2(layout):
+    """A prompt ending in the header's " \\n" encoded to a merged token training never shows there;
+    the trained model answered it with EOS (every generation empty)."""
+    from fspo.models.registry import load_tokenizer
+
+    assert _generation_ids_prefix_training_ids(load_tokenizer("smollm2"), layout)

@@ -123,8 +123,15 @@ def render_episode(
 
 def generation_prefix(layout: str) -> str:
     """What to append to the prompt before free generation of the answer (``rat`` lets the model
-    write its description first, so nothing is forced)."""
-    return DESCRIPTION_HEADER if layout == "rat" else response_header(layout)
+    write its description first, so nothing is forced).
+
+    The header's trailing whitespace is left for the model to write. Training encodes
+    ``"## Preferred Response \n" + answer``, where a BPE tokenizer splits the `` \n`` into two tokens
+    before the answer's first word; a prompt that *ends* in `` \n`` is encoded as one merged token the
+    model never saw there, and a trained model answers it with EOS (seen with SmolLM2 after 80 IPO
+    steps: every generation empty)."""
+    header = DESCRIPTION_HEADER if layout == "rat" else response_header(layout)
+    return header.rstrip()
 
 
 def parse_generation(text: str, layout: str = "fspo") -> tuple[str, str | None]:
