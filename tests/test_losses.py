@@ -117,6 +117,10 @@ def _trl_loss(model, ref, tok, pairs, tmp_path, **config):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    # fspo scores only where the completions differ (TokenizedPair.preference_view); a TRL user gets
+    # the same by putting the shared start ("A" of "A wonderful film.") in the prompt.
+    pairs = [p.preference_view() for p in pairs]
+
     class PreTokenizedDPOTrainer(DPOTrainer):
         # TRL 1.16 always re-tokenizes text columns in _prepare_dataset; our rows already hold TRL's
         # tokenized schema (prompt_ids / chosen_ids / rejected_ids), so the step is skipped and the

@@ -54,7 +54,8 @@ def test_sequence_logps_match_trainer_and_are_cached(tmp_path):
     pairs = [EpisodeTokenizer(tok, 512, "fspo").tokenize(e) for e in eps]
     got = sequence_logps("tiny", pairs, pool, cache, batch_size=2)
     with torch.no_grad():
-        want_c, want_r = split_pair_logps(completion_logps(model, collate_pairs(pairs, tok.pad_token_id), "sum"))
+        views = [p.preference_view() for p in pairs]  # the shared header is not scored
+        want_c, want_r = split_pair_logps(completion_logps(model, collate_pairs(views, tok.pad_token_id), "sum"))
     for (c, r), wc, wr in zip(got, want_c, want_r):
         assert c[0] == pytest.approx(float(wc), abs=1e-4)
         assert r[0] == pytest.approx(float(wr), abs=1e-4)

@@ -38,3 +38,39 @@ def test_skips_episode_that_cannot_fit(tiny):
     pairs, rep = enc.tokenize_all([_episode(2, answer_words=40), _episode(0, answer_words=1)])
     assert len(pairs) == 1 and rep.skipped_too_long == 1
     assert "skipped (too long even with 0 shots): 1" in rep.lines()[0]
+
+
+def test_preference_view_moves_the_completions_common_start_into_the_prompt():
+    from fspo.data.truncation import TokenizedPair
+
+    pair = TokenizedPair((1, 2), (7, 8, 9, 0), (7, 8, 5, 6, 0), 4, "u")
+    view = pair.preference_view()
+    assert (view.prompt_ids, view.chosen_ids, view.rejected_ids) == ((1, 2, 7, 8), (9, 0), (5, 6, 0))
+    assert view.preference_view() == view  # idempotent
+    same = TokenizedPair((1,), (7, 0), (7, 0), 0, "u").preference_view()
+    assert same.chosen_ids == (0,) and same.rejected_ids == (0,)  # never empty
+
+
+def test_mean_margin_ignores_the_shared_header(tiny):
+    """Under mean reduction the layout's header (identical on both sides) must not move the margin:
+    otherwise IPO can fake a margin by changing the header's log-probs on pairs of unequal length."""
+    import torch
+
+    from fspo.train.batching import collate_pairs, completion_logps, pair_logps, split_pair_logps
+
+    model, tok = tiny
+    enc = EpisodeTokenizer(tok, 512)
+    query = PreferenceRecord("u", "Review the film.", "Short and great.", "A long, dull and tedious review of it.")
+    pair = enc.tokenize(Episode("u", (), query))
+    assert pair.preference_view().prompt_ids != pair.prompt_ids  # the header moved into the prompt
+    pad = tok.eos_token_id
+
+    def every_completion_token(p):
+        return split_pair_logps(completion_logps(model, collate_pairs([p], pad), "mean"))
+
+    with torch.no_grad():
+        for shared_prefix in (False, True):
+            scored = pair_logps(model, [pair], pad, "mean", "cpu", shared_prefix)
+            only_differing = every_completion_token(pair.preference_view())
+            assert torch.allclose(scored[0], only_differing[0]) and torch.allclose(scored[1], only_differing[1])
+        assert not torch.allclose(scored[0], every_completion_token(pair)[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fspo.data.episodes import Episode
 from fspo.data.prompts import RenderedEpisode, render_episode, wrap_chat
@@ -24,6 +24,26 @@ class TokenizedPair:
     rejected_ids: tuple[int, ...]
     n_shots: int
     user_id: str
+
+    def preference_view(self) -> TokenizedPair:
+        """The pair as a preference loss scores it: the completions' common leading tokens (the
+        layout's response header, RAT's shared description) move into the prompt.
+
+        They have the same context on both sides, so under ``sum`` they cancel in the margin anyway;
+        under ``mean`` they would not (each side divides by its own length), and IPO learned to move
+        the header's and description's log-probs to fake a margin on pairs of unequal length
+        (SmolLM2, 80 IPO steps: the trained model no longer wrote the header). Idempotent."""
+        n, limit = 0, min(len(self.chosen_ids), len(self.rejected_ids)) - 1
+        while n < limit and self.chosen_ids[n] == self.rejected_ids[n]:
+            n += 1
+        if n == 0:
+            return self
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids + self.chosen_ids[:n],
+            chosen_ids=self.chosen_ids[n:],
+            rejected_ids=self.rejected_ids[n:],
+        )
 
     @property
     def length(self) -> int:

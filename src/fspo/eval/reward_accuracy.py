@@ -48,7 +48,9 @@ def _pair_key(fingerprint: str, pair: TokenizedPair, side: str) -> str:
 def sequence_logps(
     spec: str, pairs: Sequence[TokenizedPair], pool: ModelPool, cache: CallCache, batch_size: int = 4
 ) -> list[tuple[list[float], list[float]]]:
-    """Per pair: ([sum, tokens] of chosen, [sum, tokens] of rejected) under model ``spec``, cached."""
+    """Per pair: ([sum, tokens] of chosen, [sum, tokens] of rejected) under model ``spec``, cached;
+    only the tokens where the two completions differ count (as in training)."""
+    pairs = [p.preference_view() for p in pairs]
     fp = model_fingerprint(spec)
     keys = [(_pair_key(fp, p, "c"), _pair_key(fp, p, "r")) for p in pairs]
     found = cache.get_many([k for kk in keys for k in kk])

@@ -89,7 +89,9 @@ def pair_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: st
 
     ``shared_prefix`` runs each pair as one sequence (prompt once, both completions masked from
     each other, see ``fspo.train.packing``); otherwise chosen and rejected rows are separate.
+    Only the tokens where the two completions differ are scored (:meth:`TokenizedPair.preference_view`).
     """
+    pairs = [p.preference_view() for p in pairs]
     if shared_prefix:
         from fspo.train.packing import packed_pair_logps
 
@@ -100,6 +102,7 @@ def pair_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: st
 
 def pair_tokens(pairs: Sequence[TokenizedPair], shared_prefix: bool = False) -> int:
     """Tokens a forward pass over these pairs processes (for tokens/s)."""
+    pairs = [p.preference_view() for p in pairs]
     if shared_prefix:
         return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
