@@ -162,7 +162,24 @@ def evaluate(
     return results
 
 
-def table(results: dict[int, dict]) -> list[dict]:
+def unseen_combo_users(data: Path) -> set[str]:
+    """Held-out users whose attribute combination training never sees."""
+    from fspo.data.io import load_data
+
+    users = load_data(data).users.values()
+    return {u.user_id for u in users if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())}
+
+
+def _group_win_rate(per_user: dict[str, dict], members: set[str], inside: bool) -> dict | None:
+    """Pooled win rate (wins + ties/2 over n) of the users inside (or outside) ``members``."""
+    stats = [s for u, s in per_user.items() if (u in members) == inside]
+    n = sum(s["n"] for s in stats)
+    if not n:
+        return None
+    return {"n": n, "users": len(stats), "win_rate": sum(s["win_rate"] * s["n"] for s in stats) / n}
+
+
+def table(results: dict[int, dict], combo_users: set[str] = frozenset()) -> list[dict]:
     out = []
     for r in ROWS:
         res = results[r.shots]
@@ -176,6 +193,10 @@ def table(results: dict[int, dict]) -> list[dict]:
                 "n": res["methods"][r.method]["n"],
                 "win_rate": wr["win_rate"] if wr else None,
                 "ci": wr["ci"] if wr else None,
+                "wtl": [wr["wins"], wr["ties"], wr["losses"]] if wr else None,
+                "sign_test_p": wr["sign_test_p"] if wr else None,
+                "win_rate_unseen_combo": _group_win_rate(wr["per_user"], combo_users, True) if wr else None,
+                "win_rate_seen_combos": _group_win_rate(wr["per_user"], combo_users, False) if wr else None,
                 "reward_accuracy": point["accuracy"] if point else None,
                 "reward_accuracy_heldout_questions": q_point["accuracy"] if q_point else None,
                 "metric": ra.get("heldout_users", {}).get("metric"),
@@ -189,20 +210,27 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _group_cell(g: dict | None) -> str:
+    return "–" if g is None else f"{_pct(g['win_rate'])} (n={g['n']})"
+
+
 def render(rows: list[dict]) -> str:
     lines = [
-        "| row | n | win rate vs base [95% CI] | reward acc. (held-out users) | reward acc. (held-out questions) | attribute match |",
-        "|---|---|---|---|---|---|",
+        "| row | n | win rate vs base [95% CI] | W / T / L | sign-test p | win rate: unseen combo / seen combos "
+        "| reward acc. (held-out users) | reward acc. (held-out questions) | attribute match |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        wr = (
-            "(baseline)"
-            if r["win_rate"] is None
-            else f"{_pct(r['win_rate'])} [{100 * r['ci'][0]:.0f}, {100 * r['ci'][1]:.0f}]"
+        base = r["win_rate"] is None
+        wr = "(baseline)" if base else f"{_pct(r['win_rate'])} [{100 * r['ci'][0]:.0f}, {100 * r['ci'][1]:.0f}]"
+        wtl = "" if base else " / ".join(str(x) for x in r["wtl"])
+        p = "" if base else f"{r['sign_test_p']:.2g}"
+        groups = (
+            "" if base else " / ".join(_group_cell(r[k]) for k in ("win_rate_unseen_combo", "win_rate_seen_combos"))
         )
         kind = {"implicit_reward": " (h>0)", "loglik": " (LL)"}.get(r["metric"] or "", "")
         lines.append(
-            f"| {r['row']} | {r['n']} | {wr} | {_pct(r['reward_accuracy'])}{kind} | "
+            f"| {r['row']} | {r['n']} | {wr} | {wtl} | {p} | {groups} | {_pct(r['reward_accuracy'])}{kind} | "
             f"{_pct(r['reward_accuracy_heldout_questions'])} | {_pct(r['attribute_match'])} |"
         )
     return "\n".join(lines)
@@ -234,11 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     data = build_data(out, scale, args.seed)
     runs = train_runs(out, data, scale, args.seed, args.model)
     results = evaluate(out, data, runs, scale, args.seed, args.model)
-    rows = table(results)
+    rows = table(results, unseen_combo_users(data))
     minutes = (time.perf_counter() - t0) / 60
     md = "\n".join(
         [
-            f"Scale `{args.scale}` ({scale}); wall time {minutes:.0f} min.",
+            f"`python bench/quality_reviews.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+            f"on {time.strftime('%Y-%m-%d')}: scale `{args.scale}` ({scale}); wall time {minutes:.0f} min "
+            "(a rerun resumes from every stage's cache, so only a first run's time is the cost).",
             "",
             render(rows),
             "",
