@@ -84,3 +84,13 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2  # fmt: skip
     assert "needs a trained model" in capsys.readouterr().err
     assert main(["eval", "--methods", "base,nope", "--out", str(tmp_path)]) == 2
+
+
+def test_reward_plot_accepts_a_bound_equal_to_the_point(tmp_path):
+    """At 100% the Wilson upper bound can round to just below the point; the plot must not fail."""
+    from fspo.eval.report import plot_reward_accuracy
+
+    point = {"n": 12, "correct": 12, "accuracy": 1.0, "ci": [0.757, 1.0 - 1e-16]}
+    curve = {"metric": "implicit_reward", "reduction": "mean", "layout": "fspo", "points": {"4": point}}
+    result = {"reward_accuracy": {"fspo-ipo": {"splits": {"heldout_users": curve}}}}
+    plot_reward_accuracy(result, tmp_path / "r.png")

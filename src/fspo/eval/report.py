@@ -83,8 +83,10 @@ def plot_reward_accuracy(result: dict, path: Path) -> bool:
             if curve["layout"] == "zeroshot":  # no shots in the prompt: one number, drawn as a level
                 ax.axhline(ys[0], color=color, linestyle=":", linewidth=1.5, label=f"{method} ({kind}, no context)")
                 continue
-            lo = [y - 100 * p["ci"][0] for y, p in zip(ys, pts)]
-            hi = [100 * p["ci"][1] - y for y, p in zip(ys, pts)]
+            # max(0, ...): at 0% or 100% the Wilson bound equals the point up to rounding, and
+            # matplotlib refuses an error bar of -1e-15.
+            lo = [max(0.0, y - 100 * p["ci"][0]) for y, p in zip(ys, pts)]
+            hi = [max(0.0, 100 * p["ci"][1] - y) for y, p in zip(ys, pts)]
             offset = 0.08 * (k - (len(curves) - 1) / 2)  # keep overlapping error bars readable
             ax.errorbar(
                 [x + offset for x in xs],
