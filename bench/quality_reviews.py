@@ -51,6 +51,11 @@ ROWS = [
 ]
 
 
+def combo_user_ids(users) -> set[str]:
+    """Users of HELDOUT_COMBO: all of them are held out, so training never sees that combination."""
+    return {u.user_id for u in users if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())}
+
+
 def build_data(out: Path, scale: dict, seed: int) -> Path:
     """Synthesize users; then hold out every user of HELDOUT_COMBO as well as the synth's random held-out users."""
     from fspo.data.io import load_data, write_jsonl
@@ -72,9 +77,7 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
         llms=[],
     )
     data = load_data(raw)
-    combo_users = {
-        u.user_id for u in data.users.values() if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())
-    }
+    combo_users = combo_user_ids(data.users.values())
     heldout = combo_users | {u.user_id for u in data.users.values() if u.split == "test"}
     heldout_q = {r.prompt for r in data.prefs if r.split == "test" and r.user_id not in heldout}
     prefs = assign_splits(data.prefs, heldout, heldout_q)
@@ -166,8 +169,7 @@ def unseen_combo_users(data: Path) -> set[str]:
     """Held-out users whose attribute combination training never sees."""
     from fspo.data.io import load_data
 
-    users = load_data(data).users.values()
-    return {u.user_id for u in users if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())}
+    return combo_user_ids(load_data(data).users.values())
 
 
 def _group_win_rate(per_user: dict[str, dict], members: set[str], inside: bool) -> dict | None:
