@@ -92,11 +92,8 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
     return dest
 
 
-def train_runs(out: Path, data: Path, scale: dict, seed: int, model: str = "smollm2") -> dict[str, Path]:
-    from fspo.config import load_config
-    from fspo.train.config import TrainConfig
-    from fspo.train.trainer import train
-
+def run_overrides(data: Path, scale: dict, seed: int, model: str = "smollm2") -> dict[str, dict]:
+    """Each trained row's config overrides (bench/lora_vs_full.py reuses the fspo4 recipe)."""
     common = {
         "data.path": str(data),
         "model.name": model,
@@ -124,11 +121,19 @@ def train_runs(out: Path, data: Path, scale: dict, seed: int, model: str = "smol
         "fspo8": {"loss.name": "sft+ipo", "data.shots": 8, "data.max_length": 1152},
         "rat": {"loss.name": "sft+ipo", "data.layout": "rat", "data.shots": 4, "data.max_length": 700},
     }
+    return {name: {**common, **overrides} for name, overrides in runs.items()}
+
+
+def train_runs(out: Path, data: Path, scale: dict, seed: int, model: str = "smollm2") -> dict[str, Path]:
+    from fspo.config import load_config
+    from fspo.train.config import TrainConfig
+    from fspo.train.trainer import train
+
     done = {}
-    for name, overrides in runs.items():
+    for name, overrides in run_overrides(data, scale, seed, model).items():
         t = time.perf_counter()
         print(f"\n== train {name}", flush=True)
-        cfg = load_config(TrainConfig, None, {**common, **overrides, "out": str(out / "runs" / name)})
+        cfg = load_config(TrainConfig, None, {**overrides, "out": str(out / "runs" / name)})
         done[name] = train(cfg)
         print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
     return done

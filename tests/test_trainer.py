@@ -35,6 +35,13 @@ def test_ipo_run_writes_loadable_checkpoint_and_metrics(dataset, tmp_path):
     assert "eval/reward_accuracy" in rows[2] and "eval/reward_accuracy" in rows[4]
     run = json.loads((out / "fspo_run.json").read_text())
     assert run["heldout_users"] == ["u3", "u4"] and run["layout"] == "fspo"
+    assert not (out / "checkpoints").exists()  # freed once final/ is written
+
+
+def test_keep_checkpoints_after_finish(dataset, tmp_path):
+    overrides = {"optim.steps": 3, "save_every": 1, "eval_every": 0, "keep_checkpoints_after_finish": True}
+    out = train(_cfg(dataset, tmp_path / "run", **overrides))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
 
 
 def test_heldout_users_never_reach_training(dataset, tmp_path, tiny):
@@ -115,6 +122,7 @@ def test_kill_9_then_resume_matches_uninterrupted(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 81))  # nothing lost, nothing logged twice
+    assert not (killed / "checkpoints").exists()  # a finished run resumes from final/; checkpoints are freed
 
 
 def test_config_yaml_and_overrides(tmp_path):

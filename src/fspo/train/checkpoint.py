@@ -39,6 +39,11 @@ def prune(stage_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_all(stage_dir: Path) -> None:
+    """Delete a stage's resume checkpoints (called once its final model is written)."""
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
 def link_tree(src: Path, dst: Path) -> None:
     """Copy a folder using hard links where possible (a final model is hundreds of MB)."""
 

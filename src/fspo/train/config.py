@@ -87,7 +87,10 @@ class TrainConfig:
     log_every: int = opt(1, "write metrics every N steps")
     eval_every: int = opt(10, "score held-out reward accuracy every N steps (0 = only at the end)")
     save_every: int = opt(10, "checkpoint every N steps (resume after a kill)")
-    keep_checkpoints: int = opt(2, "checkpoints kept per stage")
+    keep_checkpoints: int = opt(2, "checkpoints kept per stage while it trains")
+    keep_checkpoints_after_finish: bool = opt(
+        False, "keep a stage's checkpoints after its final model is written (resuming no longer needs them)"
+    )
     report_to: str = opt("none", "none | tensorboard | wandb", choices=["none", "tensorboard", "wandb"])
     progress: bool = opt(True, "show progress bars")
 

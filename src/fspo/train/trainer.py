@@ -316,6 +316,8 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
                 save_checkpoint(accelerator, policy, tok, optimizer, scheduler, stage_dir, done, cfg)
     bar.close()
     save_final(accelerator, policy, tok, final_dir, cfg)
+    if accelerator.is_main_process and not cfg.keep_checkpoints_after_finish:
+        ckpt.remove_all(stage_dir)  # a finished stage resumes from final/; each checkpoint is ~3x the model
     if log_with:
         accelerator.end_training()
     accelerator.wait_for_everyone()
