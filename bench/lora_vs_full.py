@@ -90,7 +90,7 @@ def run_side(name: str, overrides: dict, out: Path) -> dict:
     }
     result_file.write_text(json.dumps(result, indent=2))
     print(f"== {name}: {wall:.0f} s, peak RSS {peak:.0f} MB", flush=True)
-    return result
+    return json.loads(result_file.read_text())  # the same shape (string step keys) as a reused result
 
 
 def _fmt(x: float | None) -> str:
