@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from fspo.data.io import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_reviews  # noqa: E402  (the benchmark whose recipe this one compares)
 
@@ -65,8 +67,10 @@ def stage_stats(metrics: Path) -> dict:
     """Mean s/step (warm-up step excluded) and the held-out reward accuracy at each evaluation step."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     secs = [r["step_seconds"] for r in rows if "step_seconds" in r and r["step"] > 1]
-    evals = {
-        r["step"]: r.get("eval/reward_accuracy", r.get("eval/ll_accuracy")) for r in rows if "eval/ll_accuracy" in r
+    evals = {  # string keys: the shape a result has after a round trip through its JSON file
+        str(r["step"]): r.get("eval/reward_accuracy", r.get("eval/ll_accuracy"))
+        for r in rows
+        if "eval/ll_accuracy" in r
     }
     return {"s_per_step": sum(secs) / len(secs) if secs else None, "heldout_acc": evals}
 
@@ -88,9 +92,9 @@ def run_side(name: str, overrides: dict, out: Path) -> dict:
         "sft": stage_stats(run_dir / "sft" / "metrics.jsonl"),
         "ipo": stage_stats(run_dir / "ipo" / "metrics.jsonl"),
     }
-    result_file.write_text(json.dumps(result, indent=2))
+    write_text_atomic(result_file, json.dumps(result, indent=2))  # its presence marks the side as done
     print(f"== {name}: {wall:.0f} s, peak RSS {peak:.0f} MB", flush=True)
-    return json.loads(result_file.read_text())  # the same shape (string step keys) as a reused result
+    return result
 
 
 def _fmt(x: float | None) -> str:
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             f"vs full {full['ipo']['heldout_acc'][last]:.3f}",
         ]
     )
-    (out / "lora_vs_full.md").write_text(md + "\n")
+    write_text_atomic(out / "lora_vs_full.md", md + "\n")
     print("\n" + md)
     return 0
 
