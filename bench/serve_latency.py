@@ -14,10 +14,10 @@ import argparse
 import statistics
 import time
 
+from fspo.data.runs import resolve_model
 from fspo.data.schema import PreferenceRecord
 from fspo.llm.base import GenerationParams
 from fspo.serve.personalize import Engine
-from fspo.serve.runinfo import resolve_run
 
 SHOT_TEMPLATES = [
     (
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    info = resolve_run(args.model, n_shots=args.shots)
+    info = resolve_model(args.model).with_prompting(n_shots=args.shots)
     t0 = time.perf_counter()
     engine = Engine.load(info)
     print(f"model={args.model} load_s={time.perf_counter() - t0:.2f} shots={args.shots} new_tokens={args.new_tokens}")

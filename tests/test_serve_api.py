@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from fspo.serve.api import create_app
 from fspo.serve.live import serve_in_thread
 from fspo.serve.personalize import Engine
-from fspo.serve.runinfo import resolve_run
+from fspo.data.runs import resolve_model
 from fspo.serve.users import UserStore
 
 ADMIN = "admin-secret"
@@ -16,7 +16,7 @@ ADMIN = "admin-secret"
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine.load(resolve_run("tiny"))
+    return Engine.load(resolve_model("tiny"))
 
 
 @pytest.fixture()

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from fspo.data.schema import PreferenceRecord
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.serve.personalize import Engine
-from fspo.serve.runinfo import RunInfo, resolve_run
+from fspo.data.runs import ResolvedModel, resolve_model
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine.load(resolve_run("tiny"), cache_users=2)
+    return Engine.load(resolve_model("tiny"), cache_users=2)
 
 
 def shots(user: str, n: int, tag: str = "") -> list[PreferenceRecord]:
@@ -59,7 +57,7 @@ def test_lru_is_bounded(engine: Engine) -> None:
 
 
 def test_truncation_drops_oldest_whole_shots_never_the_question(engine: Engine) -> None:
-    small = Engine(engine.model, engine.tokenizer, RunInfo("tiny", n_shots=8, max_length=260))
+    small = Engine(engine.model, engine.tokenizer, ResolvedModel("tiny", n_shots=8, max_length=260))
     s = shots("u", 8)
     r = small.render(s, "The question stays.", max_new_tokens=16)
     assert 0 < r.shots_used < 8 and r.shots_available == 8
@@ -76,57 +74,7 @@ def test_only_most_recent_n_shots(engine: Engine) -> None:
 
 
 def test_rat_layout_returns_description(engine: Engine) -> None:
-    rat = Engine(engine.model, engine.tokenizer, RunInfo("tiny", layout="rat"))
+    rat = Engine(engine.model, engine.tokenizer, ResolvedModel("tiny", layout="rat"))
     out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=6, temperature=1.0, seed=2))
     assert out.prompt.endswith("## User Description")  # the model writes the newline, as in training
     assert out.description is not None or out.answer == ""
-
-
-def test_resolve_run_folder(tmp_path) -> None:
-    run = tmp_path / "run"
-    (run / "final").mkdir(parents=True)
-    (run / "fspo_run.json").write_text(json.dumps({"layout": "rat", "n_shots": 8, "max_length": 1024}))
-    info = resolve_run(str(run))
-    assert (info.spec, info.layout, info.n_shots, info.max_length) == (str(run / "final"), "rat", 8, 1024)
-    assert resolve_run(str(run), layout="fspo", n_shots=2).n_shots == 2
-    assert resolve_run("tiny").layout == "fspo"
-    with pytest.raises(FspoError):
-        resolve_run(str(tmp_path / "missing"))
-    with pytest.raises(FspoError, match="oracle"):
-        resolve_run("tiny", layout="oracle")
-    (run / "fspo_run.json").write_text("{not json")
-    with pytest.raises(FspoError, match="fspo_run.json"):
-        resolve_run(str(run))
-
-
-def test_personalize_cli(tmp_path, capsys) -> None:
-    from fspo.cli import main
-
-    prefs = tmp_path / "p.jsonl"
-    rows = [{"user_id": "me", "prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
-    prefs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert main(["personalize", "--model", "tiny", "--prefs", str(prefs), "--max-new-tokens", "4", "Hi?"]) == 0
-    assert "3 of 3 preference pairs used" in capsys.readouterr().err
-    rows.append({"user_id": "other", "prompt": "Q?", "chosen": "x", "rejected": "y"})
-    prefs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert main(["personalize", "--model", "tiny", "--prefs", str(prefs), "Hi?"]) == 2
-    assert "--user" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "personalize",
-                "--model",
-                "tiny",
-                "--prefs",
-                str(prefs),
-                "--user",
-                "other",
-                "--max-new-tokens",
-                "2",
-                "--layout",
-                "rat",
-                "Hi?",
-            ]
-        )
-        == 0
-    )

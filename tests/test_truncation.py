@@ -74,3 +74,53 @@ def test_mean_margin_ignores_the_shared_header(tiny):
             only_differing = every_completion_token(pair.preference_view())
             assert torch.allclose(scored[0], only_differing[0]) and torch.allclose(scored[1], only_differing[1])
         assert not torch.allclose(scored[0], every_completion_token(pair)[0])
+
+
+def _bos_tokenizer():
+    """The tiny tokenizer made to add a BOS token in front of plain text, as Llama 3's does."""
+    from tokenizers.processors import TemplateProcessing
+
+    from fspo.models.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.bos_token = "<|endoftext|>"
+    bos = tok.convert_tokens_to_ids("<|endoftext|>")
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
+    assert tok("a b")["input_ids"][0] == bos  # the tokenizer really adds BOS
+    return tok, bos
+
+
+def test_training_eval_and_serving_prompts_share_ids_with_a_bos_tokenizer(tiny):
+    """One shot-fitting function and one encode policy: a served prompt's ids are a prefix of the
+    training ids of the same episode (one BOS, same shots kept), with and without a chat template."""
+    from fspo.data.runs import ResolvedModel
+    from fspo.data.truncation import encode_prompt, fit_generation_prompt
+    from fspo.serve.personalize import Engine
+
+    tok, bos = _bos_tokenizer()
+    for chat in (False, True):
+        ep = _episode(6)
+        enc = EpisodeTokenizer(tok, 700, chat_template=chat)
+        pair = enc.tokenize(ep)
+        assert pair is not None and 0 < pair.n_shots < 6  # the budget forced shots out
+        trained = list(pair.prompt_ids + pair.chosen_ids)
+        assert trained[0] == bos and trained[1] != bos
+        budget = 700 - len(pair.chosen_ids)
+        engine = Engine(tiny[0], tok, ResolvedModel("tiny", n_shots=6, max_length=700, chat_template=chat))
+        served = engine.render(list(ep.shots), ep.query.prompt, max_new_tokens=len(pair.chosen_ids))
+        evaluated = fit_generation_prompt(tok, ep.shots, ep.query.prompt, "fspo", budget, chat)
+        assert served.ids == list(evaluated.ids) == trained[: len(served.ids)]
+        assert served.shots_used == evaluated.n_shots == pair.n_shots
+        assert list(encode_prompt(tok, served.text)) == served.ids
+
+
+def test_fit_shots_keeps_the_newest_shots_and_never_cuts_the_question(tiny):
+    from fspo.data.truncation import fit_shots
+
+    tok = tiny[1]
+    render = lambda kept: " ".join(kept) + " | the question"  # noqa: E731
+    got = fit_shots(tok, ["old " * 50, "mid " * 50, "new"], render, 40)
+    assert got is not None and got.n_shots == 1 and got.text.startswith("new")
+    assert fit_shots(tok, ["a"], lambda kept: "q " * 100, 10) is None

@@ -18,18 +18,89 @@ from dataclasses import dataclass
 
 from fspo.data.schema import PreferenceRecord
 
-LAYOUTS = ("fspo", "rat", "oracle", "prefonly", "zeroshot")
-
 TASK_ZERO_SHOT = "Generate a response to the following question."
 TASK_PREFERRED = "Given the examples above, generate a preferred response to the following question."
 TASK_RESPONSE = "Given the examples above, generate a response to the following question."
 TASK_RAT = "Generate a user description based on the examples above. Then, generate a preferred response to the following question."
-TASK_RAT_PREFONLY = (
-    "Generate a user description based on the examples above. Then, generate a response to the following question."
-)
 PREFERRED_HEADER = "## Preferred Response \n"
 RESPONSE_HEADER = "## Response \n"
 DESCRIPTION_HEADER = "## User Description\n"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a prompt layout shows and asks for; every other module asks these questions here
+    instead of testing layout names."""
+
+    name: str
+    shows_shots: bool  # the prompt carries the user's labeled shots
+    shows_dispreferred: bool  # each shot shows the dispreferred response too
+    writes_description: bool  # the model writes a ``## User Description`` before answering (RAT)
+    description_in_prompt: bool  # the gold description is given in the prompt (oracle)
+    task: str  # the task line when shots are shown
+    response_header: str
+    help: str
+
+    @property
+    def needs_description(self) -> bool:
+        """Training or scoring needs each user's gold description (users.jsonl)."""
+        return self.writes_description or self.description_in_prompt
+
+    @property
+    def servable(self) -> bool:
+        """Usable for a real person, who has labeled pairs but no gold description."""
+        return not self.description_in_prompt
+
+
+_SHOTS = dict(shows_shots=True, shows_dispreferred=True, writes_description=False, description_in_prompt=False)
+FSPO = Layout(
+    "fspo",
+    **_SHOTS,
+    task=TASK_PREFERRED,
+    response_header=PREFERRED_HEADER,
+    help="shots with preferred and dispreferred responses",
+)
+RAT = Layout(
+    "rat",
+    **_SHOTS | {"writes_description": True},
+    task=TASK_RAT,
+    response_header=PREFERRED_HEADER,
+    help="FSPO context; the model writes a user description, then answers",
+)
+ORACLE = Layout(
+    "oracle",
+    **_SHOTS | {"description_in_prompt": True},
+    task=TASK_PREFERRED,
+    response_header=PREFERRED_HEADER,
+    help="FSPO context plus the gold user description",
+)
+PREFONLY = Layout(
+    "prefonly",
+    **_SHOTS | {"shows_dispreferred": False},
+    task=TASK_RESPONSE,
+    response_header=RESPONSE_HEADER,
+    help="shots with the preferred response only",
+)
+ZEROSHOT = Layout(
+    "zeroshot",
+    **_SHOTS | {"shows_shots": False, "shows_dispreferred": False},
+    task=TASK_ZERO_SHOT,
+    response_header=PREFERRED_HEADER,
+    help="no shots: the question alone",
+)
+
+LAYOUT_SPECS: dict[str, Layout] = {x.name: x for x in (FSPO, RAT, ORACLE, PREFONLY, ZEROSHOT)}
+LAYOUTS = tuple(LAYOUT_SPECS)
+
+
+def layout_of(layout: str | Layout) -> Layout:
+    """The :class:`Layout` named ``layout`` (a Layout passes through); ValueError if unknown."""
+    if isinstance(layout, Layout):
+        return layout
+    spec = LAYOUT_SPECS.get(layout)
+    if spec is None:
+        raise ValueError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -42,21 +113,16 @@ class RenderedEpisode:
 
 
 def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown prompt layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    return layout
+    return layout_of(layout).name
 
 
-def _shows_dispreferred(layout: str) -> bool:
-    return layout != "prefonly"
-
-
-def render_shots(shots: Sequence[PreferenceRecord], layout: str = "fspo") -> str:
+def render_shots(shots: Sequence[PreferenceRecord], layout: str | Layout = FSPO) -> str:
     """The ``# Example i`` blocks, each followed by a blank line."""
+    spec = layout_of(layout)
     out = []
     for i, shot in enumerate(shots, start=1):
         block = f"# Example {i}\n## Question \n{shot.prompt.strip()}\n"
-        if _shows_dispreferred(layout):
+        if spec.shows_dispreferred:
             block += f"{PREFERRED_HEADER}{shot.chosen.strip()}\n## Dispreferred Response \n{shot.rejected.strip()}\n"
         else:
             block += f"{RESPONSE_HEADER}{shot.chosen.strip()}\n"
@@ -64,42 +130,38 @@ def render_shots(shots: Sequence[PreferenceRecord], layout: str = "fspo") -> str
     return "".join(out)
 
 
-def task_line(layout: str, n_shots: int) -> str:
-    if n_shots == 0 or layout == "zeroshot":
-        return TASK_ZERO_SHOT
-    if layout == "rat":
-        return TASK_RAT
-    if layout == "prefonly":
-        return TASK_RESPONSE
-    return TASK_PREFERRED
+def task_line(layout: str | Layout, n_shots: int) -> str:
+    spec = layout_of(layout)
+    return spec.task if n_shots and spec.shows_shots else TASK_ZERO_SHOT
 
 
 def render_prompt(
-    shots: Sequence[PreferenceRecord], question: str, layout: str = "fspo", description: str | None = None
+    shots: Sequence[PreferenceRecord], question: str, layout: str | Layout = FSPO, description: str | None = None
 ) -> str:
     """The full prompt: shots, task line, the query question (+ gold description for ``oracle``)."""
-    check_layout(layout)
-    if layout == "zeroshot":
+    spec = layout_of(layout)
+    if not spec.shows_shots:
         shots = ()
-    text = render_shots(shots, layout) + "# Task\n" + task_line(layout, len(shots)) + "\n"
+    text = render_shots(shots, spec) + "# Task\n" + task_line(spec, len(shots)) + "\n"
     text += f"## Question \n{question.strip()}\n"
-    if layout == "oracle":
+    if spec.description_in_prompt:
         if not description:
-            raise ValueError("the oracle layout needs the user's description")
+            raise ValueError(f"the {spec.name} layout needs the user's description")
         text += f"{DESCRIPTION_HEADER}{description.strip()}\n"
     return text
 
 
-def response_header(layout: str) -> str:
-    return RESPONSE_HEADER if layout == "prefonly" else PREFERRED_HEADER
+def response_header(layout: str | Layout) -> str:
+    return layout_of(layout).response_header
 
 
-def render_completion(response: str, layout: str = "fspo", description: str | None = None) -> str:
+def render_completion(response: str, layout: str | Layout = FSPO, description: str | None = None) -> str:
     """One side of the query pair; RAT prefixes the user description."""
-    text = f"{response_header(layout)}{response.strip()}\n"
-    if layout == "rat":
+    spec = layout_of(layout)
+    text = f"{spec.response_header}{response.strip()}\n"
+    if spec.writes_description:
         if not description:
-            raise ValueError("the rat layout needs a user description to train on")
+            raise ValueError(f"the {spec.name} layout needs a user description to train on")
         text = f"{DESCRIPTION_HEADER}{description.strip()}\n" + text
     return text
 
@@ -107,7 +169,7 @@ def render_completion(response: str, layout: str = "fspo", description: str | No
 def render_episode(
     shots: Sequence[PreferenceRecord],
     query: PreferenceRecord,
-    layout: str = "fspo",
+    layout: str | Layout = FSPO,
     description: str | None = None,
 ) -> RenderedEpisode:
     """Render an episode. For ``rat`` both completions carry the same (gold) description, so the
@@ -121,7 +183,7 @@ def render_episode(
     )
 
 
-def generation_prefix(layout: str) -> str:
+def generation_prefix(layout: str | Layout) -> str:
     """What to append to the prompt before free generation of the answer (``rat`` lets the model
     write its description first, so nothing is forced).
 
@@ -130,15 +192,17 @@ def generation_prefix(layout: str) -> str:
     before the answer's first word; a prompt that *ends* in `` \n`` is encoded as one merged token the
     model never saw there, and a trained model answers it with EOS (seen with SmolLM2 after 80 IPO
     steps: every generation empty)."""
-    header = DESCRIPTION_HEADER if layout == "rat" else response_header(layout)
+    spec = layout_of(layout)
+    header = DESCRIPTION_HEADER if spec.writes_description else spec.response_header
     return header.rstrip()
 
 
-def parse_generation(text: str, layout: str = "fspo") -> tuple[str, str | None]:
+def parse_generation(text: str, layout: str | Layout = FSPO) -> tuple[str, str | None]:
     """Split a generation that started after :func:`generation_prefix` into (answer, description)."""
     description = None
-    header = response_header(layout)
-    if layout == "rat":
+    spec = layout_of(layout)
+    header = spec.response_header
+    if spec.writes_description:
         head, sep, rest = text.partition(header.strip())
         if sep:
             description = head.strip() or None

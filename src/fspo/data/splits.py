@@ -9,8 +9,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from fspo.data.schema import PreferenceRecord
+
+if TYPE_CHECKING:
+    from fspo.data.io import PreferenceData
 from fspo.errors import FspoError
 
 
@@ -68,3 +72,28 @@ def training_records(
     train = [r for r in records if r.split == "train" and r.user_id not in heldout]
     check_disjoint_users(train, heldout)
     return train
+
+
+def heldout_user_ids(data: PreferenceData, extra_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training users, held-out users): split=test users plus an extra seeded fraction."""
+    all_users = sorted({r.user_id for r in data.prefs})
+    marked = {u for u in all_users if data.user_split(u) == "test"}
+    marked |= {u for u in all_users if all(r.split == "test" for r in data.prefs if r.user_id == u)}
+    rest = [u for u in all_users if u not in marked]
+    if extra_fraction > 0:
+        rest, extra = split_users(rest, extra_fraction, seed)
+        marked |= set(extra)
+    return rest, sorted(marked)
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """A deterministic, spread-out subset (every user represented when n allows)."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
+
+
+def heldout_records(data: PreferenceData, heldout: list[str]) -> list[PreferenceRecord]:
+    users = set(heldout)
+    return [r for r in data.prefs if r.user_id in users]

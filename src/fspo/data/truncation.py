@@ -1,18 +1,107 @@
-"""Tokenize an episode to fit ``max_length`` by dropping whole shots, oldest first.
+"""Shot fitting and the one encode policy, shared by training, eval and serving.
 
-The query question and both completions are never cut: cutting them (as the reference's
-``keep_start`` truncation does) trains on a prompt without its question, or on empty answers.
-An episode that does not fit even with zero shots is skipped and counted.
+:func:`fit_shots` drops whole shots, oldest first, until a prompt fits its token budget; the query
+question and the completions are never cut (cutting them, as the reference's ``keep_start``
+truncation does, trains on a prompt without its question, or on empty answers). An episode that
+does not fit even with zero shots is skipped and counted.
+
+:func:`encode_prompt` and :func:`encode_completion` are the only way text becomes token ids, so a
+served prompt is token-for-token a prompt the model trained on: the prompt starts with the
+tokenizer's BOS when the tokenizer adds one (Llama 3; SmolLM2 adds none), once, even when a chat
+template already wrote it; completions never get special tokens (EOS is appended explicitly).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import TypeVar
 
 from fspo.data.episodes import Episode
-from fspo.data.prompts import RenderedEpisode, render_episode, wrap_chat
+from fspo.data.prompts import (
+    FSPO,
+    Layout,
+    RenderedEpisode,
+    generation_prefix,
+    layout_of,
+    render_episode,
+    render_prompt,
+    wrap_chat,
+)
+
+S = TypeVar("S")
+
+
+def encode_completion(tokenizer, text: str) -> tuple[int, ...]:
+    """Token ids of a completion (or any continuation): no special tokens added."""
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@lru_cache(maxsize=32)
+def _bos_added(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts in front of plain text, or None if it adds none."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def encode_prompt(tokenizer, text: str) -> tuple[int, ...]:
+    """Token ids of a prompt: the text, preceded by BOS if the tokenizer adds one and the text
+    (e.g. a chat template's output) does not already start with it."""
+    ids = encode_completion(tokenizer, text)
+    bos = _bos_added(tokenizer)
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = (bos, *ids)
+    return ids
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A prompt that fits its budget: its text, ids and the shots it kept (the newest ones)."""
+
+    text: str
+    ids: tuple[int, ...]
+    n_shots: int
+
+
+def fit_shots(tokenizer, shots: Sequence[S], render: Callable[[list[S]], str], budget: int) -> FittedPrompt | None:
+    """The prompt ``render(kept)`` with the oldest shots dropped until it is at most ``budget``
+    tokens; None if it does not fit even with no shots. ``shots`` are oldest first."""
+    kept = list(shots)
+    while True:
+        text = render(kept)
+        ids = encode_prompt(tokenizer, text)
+        if len(ids) <= budget:
+            return FittedPrompt(text, ids, len(kept))
+        if not kept:
+            return None
+        kept.pop(0)  # oldest (Example 1) first; the query stays
+
+
+def fit_generation_prompt(
+    tokenizer,
+    shots: Sequence,
+    question: str,
+    layout: str | Layout,
+    budget: int,
+    chat_template: bool = False,
+    description: str | None = None,
+) -> FittedPrompt | None:
+    """The prompt a model generates its answer from (layout + :func:`generation_prefix`), with the
+    oldest shots dropped until it is at most ``budget`` tokens (``max_length - max_new_tokens``).
+    Its ids are a prefix of the training ids of the same episode (tested), so training, eval and
+    serving see the same tokens. None if even the bare question does not fit."""
+    spec = layout_of(layout)
+
+    def render(kept: list) -> str:
+        body = render_prompt(kept, question, spec, description)
+        return (wrap_chat(tokenizer, body) if chat_template else body) + generation_prefix(spec)
+
+    return fit_shots(tokenizer, list(shots) if spec.shows_shots else [], render, budget)
 
 
 @dataclass(frozen=True)
@@ -74,24 +163,21 @@ class EpisodeTokenizer:
         self,
         tokenizer,
         max_length: int,
-        layout: str = "fspo",
+        layout: str | Layout = FSPO,
         chat_template: bool = False,
         descriptions: dict[str, str] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.layout = layout
+        self.layout = layout_of(layout).name
         self.chat_template = chat_template
         self.descriptions = descriptions or {}
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; completions must end with one")
 
-    def encode(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def render(self, shots: Sequence, query) -> RenderedEpisode:
         description = self.descriptions.get(query.user_id)
-        if self.layout in ("rat", "oracle") and not description:
+        if layout_of(self.layout).needs_description and not description:
             raise ValueError(f"user {query.user_id!r} has no description, needed by the {self.layout} layout")
         rendered = render_episode(shots, query, self.layout, description)
         if self.chat_template:
@@ -100,26 +186,21 @@ class EpisodeTokenizer:
 
     def tokenize(self, episode: Episode, report: TruncationReport | None = None) -> TokenizedPair | None:
         eos = (self.tokenizer.eos_token_id,)
-        shots = list(episode.shots)
-        first = self.render(shots, episode.query)
-        chosen = self.encode(first.chosen) + eos
-        rejected = self.encode(first.rejected) + eos
+        full = self.render(episode.shots, episode.query)
+        chosen = encode_completion(self.tokenizer, full.chosen) + eos
+        rejected = encode_completion(self.tokenizer, full.rejected) + eos
         budget = self.max_length - max(len(chosen), len(rejected))
-        rendered = first
-        prompt = self.encode(rendered.prompt)
-        while len(prompt) > budget and shots:
-            shots.pop(0)  # oldest (Example 1) first; the query stays
-            rendered = self.render(shots, episode.query)
-            prompt = self.encode(rendered.prompt)
-        if len(prompt) > budget:
+        shots = list(episode.shots) if layout_of(self.layout).shows_shots else []
+        fitted = fit_shots(self.tokenizer, shots, lambda kept: self.render(kept, episode.query).prompt, budget)
+        if fitted is None:
             if report is not None:
                 report.skipped_too_long += 1
             return None
         if report is not None:
             report.kept += 1
-            report.shots_dropped += episode.n_shots - len(shots)
-            report.shots_kept[len(shots)] += 1
-        return TokenizedPair(prompt, chosen, rejected, len(shots), episode.user_id)
+            report.shots_dropped += len(shots) - fitted.n_shots
+            report.shots_kept[fitted.n_shots] += 1
+        return TokenizedPair(fitted.ids, chosen, rejected, fitted.n_shots, episode.user_id)
 
     def tokenize_all(self, episodes: Iterable[Episode]) -> tuple[list[TokenizedPair], TruncationReport]:
         report = TruncationReport()

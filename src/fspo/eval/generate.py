@@ -15,11 +15,13 @@ from pathlib import Path
 
 from fspo.data.episodes import Episode, build_episodes
 from fspo.data.io import PreferenceData
-from fspo.data.prompts import generation_prefix, parse_generation, render_prompt, wrap_chat
+from fspo.data.prompts import parse_generation
 from fspo.data.schema import PreferenceRecord
+from fspo.data.splits import evenly_spaced
+from fspo.data.truncation import fit_generation_prompt
+from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.llm.cache import CachedBackend, CallCache
-from fspo.train.data import evenly_spaced
 
 # --- which queries ------------------------------------------------------------------------------
 
@@ -134,26 +136,6 @@ class LazyLocalBackend:
 # --- prompts and generations --------------------------------------------------------------------
 
 
-def fit_prompt(
-    tokenizer,
-    episode: Episode,
-    layout: str,
-    description: str | None,
-    budget: int,
-    chat_template: bool = False,
-) -> tuple[str, int]:
-    """The generation prompt (layout + :func:`generation_prefix`) with the oldest shots dropped until
-    it fits ``budget`` tokens; returns (text, shots kept). The query is never cut."""
-    shots = list(episode.shots) if layout != "zeroshot" else []
-    while True:
-        body = render_prompt(shots, episode.query.prompt, layout, description)
-        text = (wrap_chat(tokenizer, body) if chat_template else body) + generation_prefix(layout)
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if n <= budget or not shots:
-            return text, len(shots)
-        shots.pop(0)
-
-
 @dataclass
 class Generation:
     method: str
@@ -184,12 +166,19 @@ def generate_method(
 ) -> tuple[list[Generation], dict]:
     """Greedy answers of one method to every episode; returns (generations, stats with cache hits)."""
     tok = pool.tokenizer(spec)
-    budget = max(16, max_length - max_new_tokens)
+    budget = max_length - max_new_tokens
     prompts, kept = [], []
     for ep in episodes:
-        text, n = fit_prompt(tok, ep, layout, descriptions.get(ep.user_id), budget, chat_template)
-        prompts.append(text)
-        kept.append(n)
+        fitted = fit_generation_prompt(
+            tok, ep.shots, ep.query.prompt, layout, budget, chat_template, descriptions.get(ep.user_id)
+        )
+        if fitted is None:
+            raise FspoError(
+                f"a question of user {ep.user_id!r} does not fit max_length {max_length} with "
+                f"{max_new_tokens} new tokens even without shots; raise --max-length"
+            )
+        prompts.append(fitted.text)
+        kept.append(fitted.n_shots)
     backend = CachedBackend(LazyLocalBackend(pool, spec, batch_size, progress=False), cache, progress=progress)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
     texts = backend.generate(prompts, params, desc=f"generate {method}")

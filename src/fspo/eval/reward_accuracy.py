@@ -22,8 +22,6 @@ from fspo.eval.generate import ModelPool, model_fingerprint
 from fspo.eval.winrate import wilson_interval
 from fspo.llm.cache import CallCache
 
-SHOTS_CURVE = (0, 1, 2, 4, 8)
-
 
 @dataclass(frozen=True)
 class Scorer:
@@ -104,8 +102,7 @@ def margins(
             rc, rr = ref[i]
             m -= _reduce(rc, scorer.reduction) - _reduce(rr, scorer.reduction)
         out.append(m)
-    kept = [0 if scorer.layout == "zeroshot" else p.n_shots for p in pairs]  # zero-shot renders no shots
-    return out, [p.user_id for p in pairs], kept
+    return out, [p.user_id for p in pairs], [p.n_shots for p in pairs]
 
 
 def accuracy_point(margin_values: Sequence[float], users: Sequence[str], shots_kept: Sequence[int]) -> dict:

@@ -20,8 +20,6 @@ from typing import Any
 from fspo.errors import FspoError
 from fspo.eval.methods import METHODS, assign_models, layout_warnings, parse_methods
 
-DEFAULT_MAX_LENGTH = 1024
-
 
 @dataclass
 class EvalConfig:
@@ -41,7 +39,7 @@ class EvalConfig:
     heldout_questions: bool = True  # also score held-out questions of training users (split=test rows)
     reward_reduction: str = "mean"  # for untrained models' log-likelihood comparison
     max_new_tokens: int = 64
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int | None = None  # tokens per sequence, prompt + answer (default: the trained model's budget)
     batch_size: int = 8
     n_boot: int = 2000
     ci_level: float = 0.95
@@ -89,7 +87,7 @@ def _judge_backend(cfg: EvalConfig, pool, cache):
 
 
 def _eval_users(cfg: EvalConfig, data, infos) -> tuple[list[str], list[str]]:
-    from fspo.train.data import heldout_user_ids
+    from fspo.data.splits import heldout_user_ids
 
     _, held = heldout_user_ids(data, 0.0, cfg.seed)
     candidates = set(held)
@@ -149,27 +147,29 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.baseline not in methods:
         methods = [cfg.baseline] + methods
         notes.append(f"baseline {cfg.baseline!r} added to the methods")
-    run_info = None
-    if cfg.model:
-        from fspo.eval.methods import model_info
+    from fspo.data.runs import DEFAULT_MAX_LENGTH, DEFAULT_SHOTS, resolve_model
 
-        run_info = model_info(cfg.model)
+    run_info = resolve_model(cfg.model, must_exist=False) if cfg.model else None
     base_model = cfg.base_model or (run_info.base_model if run_info else None) or "smollm2"
     infos = assign_models(methods, base_model, cfg.model, dict(cfg.method_models))
     notes += layout_warnings(infos)
-    shots = cfg.shots if cfg.shots is not None else ((run_info.n_shots if run_info else None) or 4)
+    shots = cfg.shots if cfg.shots is not None else (run_info.n_shots if run_info and run_info.trained else DEFAULT_SHOTS)
+    # One token budget (prompt + answer): a trained row uses its own; untrained rows the trained
+    # model's, so every row sees the same shots.
+    default_budget = run_info.max_length if run_info and run_info.trained else DEFAULT_MAX_LENGTH
+    budgets = {n: cfg.max_length or (i.max_length if i.trained else default_budget) for n, i in infos.items()}
     cfg_dict = cfg.to_dict() | {"methods": methods, "base_model": base_model, "shots": shots}
 
     data = load_data(cfg.data)
     users, user_notes = _eval_users(cfg, data, infos)
     notes += user_notes
-    from fspo.train.data import evenly_spaced
+    from fspo.data.splits import evenly_spaced
 
     all_heldout = list(users)
     users = evenly_spaced(users, cfg.users) if cfg.users else users
     descriptions = {u.user_id: u.description for u in data.users.values() if u.description}
     for name in methods:
-        if METHODS[name].layout in ("oracle", "rat") and any(u not in descriptions for u in users):
+        if METHODS[name].prompt_layout.needs_description and any(u not in descriptions for u in users):
             raise FspoError(f"method {name!r} needs user descriptions (users.jsonl) for every evaluated user")
     records = [r for r in data.prefs if r.user_id in set(users)]
     episodes = select_episodes(records, shots, cfg.seed, 0, cfg.queries)
@@ -214,14 +214,14 @@ def run_eval(cfg: EvalConfig) -> dict:
                 reward[name] = {
                     "splits": {
                         split: reward_accuracy_curve(
-                            scorer, eps, pool, cache, cfg.max_length, descriptions, max(1, cfg.batch_size // 2)
+                            scorer, eps, pool, cache, budgets[name], descriptions, max(1, cfg.batch_size // 2)
                         )
                         for split, eps in curve_eps.items()
                     }
                 }
             except ValueError as exc:
                 raise FspoError(f"reward accuracy of {name}: {exc}") from None
-            if m.layout == "rat":
+            if m.prompt_layout.writes_description:
                 notes.append(f"{name}: reward accuracy scores the answer after the gold description (an upper bound)")
         timing["reward_accuracy_s"] = time.perf_counter() - t
 
@@ -241,7 +241,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             pool,
             cache,
             cfg.max_new_tokens,
-            cfg.max_length,
+            budgets[name],
             info.chat_template,
             cfg.batch_size,
             cfg.progress,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from fspo.data.truncation import encode_prompt
 from fspo.llm.base import GenerationParams, Prompt, apply_stops
 
 
@@ -48,6 +49,15 @@ class LocalBackend:
             return prompt
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
+    def _left_padded(self, texts: Sequence[str]) -> dict:
+        """A left-padded batch, each prompt encoded by the one policy training and serving use."""
+        ids = [list(encode_prompt(self.tokenizer, t)) for t in texts]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        return {"input_ids": input_ids.to(self.model.device), "attention_mask": mask.to(self.model.device)}
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[str]:
         texts = [self.render(p) for p in prompts]
@@ -56,12 +66,7 @@ class LocalBackend:
         self.model.eval()
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc=f"generate ({self.name})", disable=not self.progress, leave=False):
-            batch = texts[start : start + self.batch_size]
-            old_side = tok.padding_side
-            tok.padding_side = "left"
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            tok.padding_side = old_side
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            enc = self._left_padded(texts[start : start + self.batch_size])
             gen_kwargs = generate_kwargs(params, tok)
             # Seed per batch position so a batch's output does not depend on what ran before it.
             with torch.random.fork_rng():
@@ -84,13 +89,7 @@ class LocalBackend:
         out: list[list[float]] = []
         self.model.eval()
         for start in range(0, len(texts), self.batch_size):
-            old_side = tok.padding_side
-            tok.padding_side = "left"
-            enc = tok(
-                texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            tok.padding_side = old_side
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            enc = self._left_padded(texts[start : start + self.batch_size])
             logp = torch.log_softmax(self.model(**enc).logits[:, -1, :].float(), dim=-1)
             out.extend([[float(row[i]) for i in ids] for row in logp])
         return out

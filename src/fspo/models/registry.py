@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from fspo.data.runs import FINAL_DIR, RUN_FILE
 from fspo.errors import FspoError
 
 PRESETS = ("tiny", "smollm2")
@@ -40,8 +41,8 @@ def model_dir(spec: str) -> Path | None:
 
         return converted_dir()
     path = Path(spec)
-    if (path / "fspo_run.json").exists() and (path / "final" / "config.json").exists():
-        return path / "final"  # a training run folder: its final model
+    if (path / RUN_FILE).exists() and (path / FINAL_DIR / "config.json").exists():
+        return path / FINAL_DIR  # a training run folder: its final model
     if (path / "config.json").exists():
         return path
     if (path / "adapter_config.json").exists():

@@ -62,11 +62,11 @@ def _user_shots(path: str, user: str | None):
 
 
 def run_personalize(args: argparse.Namespace) -> int:
+    from fspo.data.runs import resolve_model
     from fspo.llm.base import GenerationParams
     from fspo.serve.personalize import Engine
-    from fspo.serve.runinfo import resolve_run
 
-    info = resolve_run(args.model, args.layout, args.shots)
+    info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
     user, shots = _user_shots(args.prefs, args.user)
     engine = Engine.load(info, cache_users=0)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
@@ -86,16 +86,16 @@ def run_personalize(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fspo.data.runs import resolve_model
     from fspo.serve.api import create_app
     from fspo.serve.personalize import Engine
-    from fspo.serve.runinfo import resolve_run
     from fspo.serve.users import UserStore
 
     keys = args.api_key or ([os.environ["FSPO_API_KEY"]] if os.environ.get("FSPO_API_KEY") else [])
     if not keys:
         keys = ["fspo-admin-" + secrets.token_urlsafe(24)]
         print(f"no --api-key or FSPO_API_KEY given; admin key for this run: {keys[0]}", file=sys.stderr)
-    info = resolve_run(args.model, args.layout, args.shots)
+    info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
     engine = Engine.load(info, cache_users=args.cache_users)
     app = create_app(engine, UserStore(args.db), keys, model_name=args.name or args.model)
     print(

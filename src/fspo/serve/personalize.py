@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fspo.data.prompts import generation_prefix, parse_generation, render_prompt, render_shots, wrap_chat
+from fspo.data.prompts import ZEROSHOT, layout_of, parse_generation, render_shots
+from fspo.data.runs import ResolvedModel
 from fspo.data.schema import PreferenceRecord
+from fspo.data.truncation import encode_prompt, fit_generation_prompt
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.llm.local import generate_kwargs
-from fspo.serve.runinfo import RunInfo
 
 # A generation that starts a new example or task block is finished.
 STOP_STRINGS = ("\n# Example", "\n# Task", "\n## Question", "\n## Dispreferred")
@@ -104,58 +105,53 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Engine:
     """Generate personalized answers from a user's preference pairs with one loaded model."""
 
-    def __init__(self, model, tokenizer, info: RunInfo, cache_users: int = 32) -> None:
+    def __init__(self, model, tokenizer, info: ResolvedModel, cache_users: int = 32) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info
         self.cache = PrefixCache(cache_users)
         self._lock = threading.Lock()
-        self._add_special = not info.chat_template
         # transformers renamed ``past_key_values`` to ``cache``; support both spellings.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def load(cls, info: RunInfo, cache_users: int = 32, dtype: str = "float32") -> Engine:
+    def load(cls, info: ResolvedModel, cache_users: int = 32, dtype: str = "float32") -> Engine:
         from fspo.models.registry import load_model
 
         model, tok = load_model(info.spec, dtype=dtype)
         return cls(model, tok, info, cache_users)
 
     # ---- prompts -------------------------------------------------------------------------
-    def _wrap(self, prompt: str) -> str:
-        text = wrap_chat(self.tokenizer, prompt) if self.info.chat_template else prompt
-        return text
-
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=self._add_special)["input_ids"]
+        return list(encode_prompt(self.tokenizer, text))
 
     def render(
         self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
     ) -> Rendered:
-        """The prompt for ``question`` with the most recent ``n_shots`` shots that fit ``max_length``.
-
-        Whole shots are dropped oldest first; the question is never cut. If even the bare question
-        does not fit, that is the caller's error.
-        """
-        layout = layout or self.info.layout
-        available = list(shots)[-self.info.n_shots :] if self.info.n_shots else []
-        if layout == "zeroshot":
-            available = []
-        budget = self.info.max_length - max_new_tokens
-        for drop in range(len(available) + 1):
-            kept = available[drop:]
-            prompt = render_prompt(kept, question, layout)
-            text = self._wrap(prompt) + generation_prefix(layout)
-            ids = self._encode(text)
-            if len(ids) <= budget:
-                shots_block = render_shots(kept, layout) if kept else ""
-                cut = text.find(shots_block) + len(shots_block) if shots_block else 0
-                return Rendered(text, text[:cut], ids, len(kept), len(list(shots)))
-        raise FspoError(
-            f"the question alone is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
-            f"max_length of {self.info.max_length}"
+        """The prompt for ``question`` with the most recent ``n_shots`` shots that fit ``max_length``
+        (the same fitting and encoding as training and eval). The question is never cut; if even
+        the bare question does not fit, that is the caller's error."""
+        spec = layout_of(layout or self.info.layout)
+        available = list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
+        fitted = fit_generation_prompt(
+            self.tokenizer,
+            available,
+            question,
+            spec,
+            self.info.max_length - max_new_tokens,
+            self.info.chat_template,
         )
+        if fitted is None:
+            n = len(self._encode(question))
+            raise FspoError(
+                f"the question is about {n} tokens; with {max_new_tokens} new tokens the prompt exceeds the model's "
+                f"max_length of {self.info.max_length}"
+            )
+        kept = available[len(available) - fitted.n_shots :]
+        shots_block = render_shots(kept, spec) if kept else ""
+        cut = fitted.text.find(shots_block) + len(shots_block) if shots_block else 0
+        return Rendered(fitted.text, fitted.text[:cut], list(fitted.ids), fitted.n_shots, len(list(shots)))
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -221,7 +217,7 @@ class Engine:
 
     def baseline(self, question: str, params: GenerationParams | None = None) -> Personalized:
         """The same model without the user's context (the zero-shot layout): a study's baseline arm."""
-        return self.generate("", [], question, params, use_cache=False, layout="zeroshot")
+        return self.generate("", [], question, params, use_cache=False, layout=ZEROSHOT.name)
 
     def invalidate(self, user_id: str) -> None:
         """Forget a user's cached prefix (after their preferences change or they are deleted)."""

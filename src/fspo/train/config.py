@@ -5,19 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fspo.config import opt
+from fspo.data.prompts import LAYOUTS
+from fspo.data.runs import DEFAULT_LAYOUT, DEFAULT_MAX_LENGTH, DEFAULT_REDUCTION, DEFAULT_SHOTS, REDUCTIONS
 
 
 @dataclass
 class DataConfig:
     path: str = opt("examples/reviews", "prefs.jsonl, or a folder with prefs.jsonl (+ users.jsonl)")
-    shots: int = opt(4, "N: shots (labeled preferences of the same user) in each episode's context")
+    shots: int = opt(DEFAULT_SHOTS, "N: shots (labeled preferences of the same user) in each episode's context")
     resamples: int | None = opt(None, "contexts per query preference (default 2(N+1), as in the paper)")
     short_users: str = opt(
         "shrink", "users with fewer than N+1 preferences: shrink N or skip", choices=["shrink", "skip"]
     )
-    layout: str = opt("fspo", "prompt layout", choices=["fspo", "rat", "oracle", "prefonly", "zeroshot"])
+    layout: str = opt(DEFAULT_LAYOUT, "prompt layout (fspo.data.prompts)", choices=list(LAYOUTS))
     chat_template: bool = opt(False, "wrap the FSPO prompt in the tokenizer's chat template (instruct models)")
-    max_length: int = opt(512, "token budget per sequence; whole shots are dropped (oldest first) to fit")
+    max_length: int = opt(
+        DEFAULT_MAX_LENGTH,
+        "tokens per sequence, prompt + answer (the one budget; eval and serving keep it too); whole shots are "
+        "dropped, oldest first, to fit",
+    )
     heldout_users: float = opt(
         0.0, "extra fraction of training users to hold out as unseen users for evaluation (besides split=test users)"
     )
@@ -68,7 +74,7 @@ class LossConfig:
     beta: float = opt(0.1, "β of DPO/IPO (reference code: IPO β=0.01 with sum reduction)")
     label_smoothing: float = opt(0.0, "DPO conservative label smoothing ε")
     reduction: str = opt(
-        "mean", "token log-prob reduction: mean (TRL's IPO) | sum (reference code)", choices=["mean", "sum"]
+        DEFAULT_REDUCTION, "token log-prob reduction: mean (TRL's IPO) | sum (reference code)", choices=list(REDUCTIONS)
     )
     sft_weight: float = opt(
         0.0, "add this weight × NLL of the chosen completion to the preference loss (keeps generation fluent)"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fspo.data.episodes import EpisodeSummary, build_episodes
-from fspo.data.io import PreferenceData, load_data
-from fspo.data.schema import PreferenceRecord
-from fspo.data.splits import split_users, training_records
+from fspo.data.io import load_data
+from fspo.data.prompts import layout_of
+from fspo.data.splits import evenly_spaced, heldout_records, heldout_user_ids, training_records
 from fspo.data.truncation import EpisodeTokenizer, TokenizedPair, TruncationReport
 from fspo.errors import FspoError
 from fspo.train.config import DataConfig
@@ -39,31 +39,6 @@ class PreparedData:
         )
 
 
-def heldout_user_ids(data: PreferenceData, extra_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(training users, held-out users): split=test users plus an extra seeded fraction."""
-    all_users = sorted({r.user_id for r in data.prefs})
-    marked = {u for u in all_users if data.user_split(u) == "test"}
-    marked |= {u for u in all_users if all(r.split == "test" for r in data.prefs if r.user_id == u)}
-    rest = [u for u in all_users if u not in marked]
-    if extra_fraction > 0:
-        rest, extra = split_users(rest, extra_fraction, seed)
-        marked |= set(extra)
-    return rest, sorted(marked)
-
-
-def evenly_spaced(items: list, n: int) -> list:
-    """A deterministic, spread-out subset (every user represented when n allows)."""
-    if n <= 0 or n >= len(items):
-        return list(items)
-    step = len(items) / n
-    return [items[int(i * step)] for i in range(n)]
-
-
-def heldout_records(data: PreferenceData, heldout: list[str]) -> list[PreferenceRecord]:
-    users = set(heldout)
-    return [r for r in data.prefs if r.user_id in users]
-
-
 def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     data = load_data(cfg.path)
     train_users, heldout = heldout_user_ids(data, cfg.heldout_users, seed)
@@ -71,7 +46,7 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
     if not train_rows:
         raise FspoError(f"{data.source}: no training rows (all users are held out or split=test)")
     descriptions = {u.user_id: u.description for u in data.users.values() if u.description}
-    if cfg.layout in ("rat", "oracle") and not descriptions:
+    if layout_of(cfg.layout).needs_description and not descriptions:
         raise FspoError(f"{data.source}: the {cfg.layout} layout needs user descriptions (users.jsonl)")
     episodes, summary = build_episodes(train_rows, cfg.shots, cfg.resamples, seed, cfg.short_users)
     if not episodes:

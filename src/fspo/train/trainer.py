@@ -19,15 +19,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import atomic_dir, write_jsonl, write_text_atomic
+from fspo.data.io import atomic_dir, write_jsonl
+from fspo.data.runs import FINAL_DIR, RunRecord
 from fspo.data.truncation import TokenizedPair
 from fspo.train import checkpoint as ckpt
 from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
 from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
-
-RUN_FILE = "fspo_run.json"
 
 
 def set_seed(seed: int) -> None:
@@ -324,6 +323,39 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     return final_dir
 
 
+def write_run_record(cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], data: PreparedData) -> RunRecord:
+    """The run record, into the run folder and into ``final/`` (so the model folder works alone)."""
+    from fspo import __version__
+
+    stages = {stage: str(Path(path).relative_to(out)) for stage, path in stage_dirs.items()}
+    if len(stages) > 1 and "sft" in stages:
+        reference = stages["sft"]  # after SFT, the SFT model is the reference
+    else:
+        reference = cfg.model.ref or cfg.model.name
+        if Path(reference).is_dir():
+            reference = str(Path(reference).resolve())
+    base = str(Path(cfg.model.name).resolve()) if Path(cfg.model.name).is_dir() else cfg.model.name
+    record = RunRecord(
+        base_model=base,
+        layout=cfg.data.layout,
+        n_shots=cfg.data.shots,
+        max_length=cfg.data.max_length,
+        chat_template=cfg.data.chat_template,
+        reduction=cfg.loss.reduction,
+        loss=cfg.loss.name,
+        beta=cfg.loss.beta,
+        reference=reference,
+        stages=stages,
+        heldout_users=tuple(data.heldout_users),
+        config=asdict(cfg),
+        data_summary=tuple(data.lines()),
+        fspo_version=__version__,
+    )
+    record.write(out)
+    record.relocated(FINAL_DIR).write(out / FINAL_DIR)
+    return record
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run every stage of ``cfg.loss.name``; return the run folder (its ``final/`` is the model)."""
     from fspo.models.registry import load_tokenizer
@@ -346,17 +378,6 @@ def train(cfg: TrainConfig) -> Path:
         ref = None  # after SFT, the SFT model is both the start and the reference
     if len(cfg.stages()) > 1:
         ckpt.link_tree(Path(stage_dirs[cfg.stages()[-1]]), out / "final")
-    record = {
-        "config": asdict(cfg),
-        "layout": cfg.data.layout,
-        "n_shots": cfg.data.shots,
-        "chat_template": cfg.data.chat_template,
-        "max_length": cfg.data.max_length,
-        "stages": stage_dirs,
-        "base_model": cfg.model.name,
-        "heldout_users": data.heldout_users,
-        "data_summary": data.lines(),
-    }
-    write_text_atomic(out / RUN_FILE, json.dumps(record, indent=2))
+    write_run_record(cfg, out, stage_dirs, data)
     print(f"model: {out / 'final'}")
     return out

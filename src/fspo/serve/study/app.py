@@ -64,17 +64,18 @@ class AnswerGenerator:
         """Load the models on first need (a study with only pre-generated answers never loads one)."""
         with self._lock:
             if self._engine is None:
+                from fspo.data.runs import resolve_model
                 from fspo.serve.personalize import Engine
-                from fspo.serve.runinfo import resolve_run
 
-                self._engine = Engine.load(resolve_run(self.config.model))
+                self._engine = Engine.load(resolve_model(self.config.model).for_serving())
             if self._baseline is None:
                 base = self.config.baseline_model
                 if base and base != self.config.model:
+                    from fspo.data.prompts import ZEROSHOT
+                    from fspo.data.runs import resolve_model
                     from fspo.serve.personalize import Engine
-                    from fspo.serve.runinfo import resolve_run
 
-                    self._baseline = Engine.load(resolve_run(base, layout="zeroshot"), cache_users=0)
+                    self._baseline = Engine.load(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
                 else:
                     self._baseline = self._engine
             return self._engine, self._baseline
