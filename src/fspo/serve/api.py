@@ -5,6 +5,9 @@ user and issue per-user keys; a per-user key may act only for its own user. Ever
 route takes the user id from the path (or, for chat completions, the ``user`` field) and checks it
 against the key, and every storage call is filtered by that id, so one user's requests can
 neither read nor change another user's preferences, nor have them enter their prompt.
+
+Limits (docs/serving.md): the credential is checked before a byte of the body is read, and the body
+is counted on the stream (1 MB), so an unauthenticated or chunked upload cannot grow the process.
 """
 
 from __future__ import annotations
@@ -16,23 +19,40 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
 
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
+from fspo.serve.live import BodyGuard, bearer_token
 from fspo.serve.personalize import Engine
-from fspo.serve.users import UserStore
+from fspo.serve.users import TooManyPreferences, UserStore
 
 MAX_BODY_BYTES = 1_000_000
 MAX_PREFS_PER_USER = 1000
-USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]{1,64}$"
+# Below this a temperature is treated as 0 (greedy decoding, the limit it approaches); dividing the
+# logits by e.g. 1e-300 overflows to inf and sampling from NaN probabilities fails.
+MIN_TEMPERATURE = 1e-5
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer
+# 1-64 of these characters, not all dots ("." and ".." would be path segments).
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]*[A-Za-z0-9_@:-][A-Za-z0-9_.@:-]*$"
+PUBLIC_PATHS = frozenset({"/v1/health"})
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
-UserId = Annotated[str, Path(pattern=USER_ID_PATTERN, description="user id: 1-64 of A-Z a-z 0-9 _ . @ : -")]
+UserId = Annotated[
+    str,
+    Path(
+        pattern=USER_ID_PATTERN,
+        min_length=1,
+        max_length=64,
+        description="user id: 1-64 of A-Z a-z 0-9 _ . @ : - (not only dots)",
+    ),
+]
+TEMPERATURE_DOC = f"0 to 2; 0 (or below {MIN_TEMPERATURE}) is greedy"
 
 
 class Pair(BaseModel):
@@ -59,8 +79,8 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: Question
     max_new_tokens: int = Field(128, ge=1, le=1024)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description=TEMPERATURE_DOC)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     return_prompt: bool = False
 
@@ -69,20 +89,35 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content):
+        """A text part must carry a string (``{"type": "text", "text": null}`` is not the question "None")."""
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                if not isinstance(part.get("type"), str):
+                    raise ValueError(f"part {i}: needs a string 'type'")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i}: a text part needs a string 'text'")
+        return content
+
 
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat completions request that applies; unknown fields are ignored."""
 
     model: str = ""
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
-    user: str | None = Field(None, pattern=USER_ID_PATTERN)
+    user: str | None = Field(None, pattern=USER_ID_PATTERN, min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=1024)
     max_completion_tokens: int | None = Field(None, ge=1, le=1024)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description=TEMPERATURE_DOC)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
+
+
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
 
 
 class Principal(BaseModel):
@@ -90,7 +125,11 @@ class Principal(BaseModel):
     user_id: str | None = None
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", detail: Any = None) -> JSONResponse:
+ERROR_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+
+
+def _error(status: int, message: str, detail: Any = None) -> JSONResponse:
+    kind = ERROR_KINDS.get(status, "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "code": status}, "detail": detail or message}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
@@ -104,10 +143,20 @@ def _validation_message(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def sampling(max_new_tokens: int, temperature: float | None, top_p: float | None, seed: int | None) -> GenerationParams:
+    """Generation parameters with temperatures below :data:`MIN_TEMPERATURE` made greedy."""
+    temperature = temperature or 0.0
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0
+    return GenerationParams(max_new_tokens, temperature, top_p or 1.0, seed or 0)
+
+
 def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_name: str = "fspo") -> FastAPI:
     """Build the API around a loaded engine and a user store."""
+    admin_keys = [k for k in admin_keys if k]
     if not admin_keys:
-        raise FspoError("fspo serve needs at least one admin API key (--api-key or FSPO_API_KEY)")
+        raise FspoError("fspo serve needs at least one admin API key (--api-key, --api-key-file or FSPO_API_KEY)")
+    admin_secrets = [k.encode() for k in admin_keys]
     app = FastAPI(
         title="fspo personalization API",
         version="1",
@@ -115,12 +164,28 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     )
     bearer = HTTPBearer(auto_error=False)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    def authenticate(key: str) -> Principal | None:
+        # Bytes, not str: compare_digest refuses non-ASCII str (a 500 for a key like "é").
+        if any(secrets.compare_digest(key.encode(), k) for k in admin_secrets):
+            return Principal(admin=True)
+        user = store.user_for_key(key)
+        return None if user is None else Principal(admin=False, user_id=user)
+
+    async def authorize(scope: dict) -> str | None:
+        """Runs before the body is read: every /v1/ route but health needs a valid key."""
+        path = scope.get("path", "")
+        if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+            return None
+        key = bearer_token(scope)
+        if key is None:
+            return MISSING_KEY
+        who = await run_in_threadpool(authenticate, key)
+        if who is None:
+            return "invalid API key"
+        scope.setdefault("state", {})["principal"] = who
+        return None
+
+    app.add_middleware(BodyGuard, limit=MAX_BODY_BYTES, error=_error, authorize=authorize)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_request: Request, exc: RequestValidationError):
@@ -130,25 +195,22 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException):
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
-            exc.status_code, "invalid_request_error"
-        )
-        return _error(exc.status_code, str(exc.detail), kind)
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(FspoError)
     async def on_fspo(_request: Request, exc: FspoError):
         return _error(400, str(exc))
 
-    def principal(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    def principal(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        checked = getattr(request.state, "principal", None)  # set by the guard, before the body was read
+        if checked is not None:
+            return checked
         if creds is None or not creds.credentials:
-            raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'")
-        key = creds.credentials
-        if any(secrets.compare_digest(key, k) for k in admin_keys):
-            return Principal(admin=True)
-        user = store.user_for_key(key)
-        if user is None:
+            raise HTTPException(401, MISSING_KEY)
+        who = authenticate(creds.credentials)
+        if who is None:
             raise HTTPException(401, "invalid API key")
-        return Principal(admin=False, user_id=user)
+        return who
 
     def for_user(user_id: str, who: Principal) -> str:
         if not who.admin and who.user_id != user_id:
@@ -188,12 +250,15 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     @app.post("/v1/users/{user_id}/preferences", tags=["preferences"], status_code=201)
     def add_preferences(user_id: UserId, body: AddPreferences, who: Principal = Depends(principal)) -> dict:
         for_user(user_id, who)
-        have = len(store.list(user_id))
-        if have + len(body.preferences) > MAX_PREFS_PER_USER:
-            raise HTTPException(409, f"a user may store at most {MAX_PREFS_PER_USER} preferences (has {have})")
-        ids = store.add(user_id, [(p.prompt, p.chosen, p.rejected) for p in body.preferences])
+        pairs = [(p.prompt, p.chosen, p.rejected) for p in body.preferences]
+        try:
+            ids, count = store.add(user_id, pairs, cap=MAX_PREFS_PER_USER)
+        except TooManyPreferences as full:
+            raise HTTPException(
+                409, f"a user may store at most {MAX_PREFS_PER_USER} preferences (has {full.have})"
+            ) from None
         engine.invalidate(user_id)
-        return {"user_id": user_id, "ids": ids, "count": have + len(ids)}
+        return {"user_id": user_id, "ids": ids, "count": count}
 
     @app.get("/v1/users/{user_id}/preferences", tags=["preferences"])
     def list_preferences(user_id: UserId, who: Principal = Depends(principal)) -> dict:
@@ -207,7 +272,8 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     @app.delete("/v1/users/{user_id}/preferences/{pref_id}", tags=["preferences"])
     def delete_preference(user_id: UserId, pref_id: int, who: Principal = Depends(principal)) -> dict:
         for_user(user_id, who)
-        if not store.delete(user_id, pref_id):
+        # An id outside SQLite's integer range cannot exist (and would overflow the query): 404.
+        if not 1 <= pref_id <= MAX_ROW_ID or not store.delete(user_id, pref_id):
             raise HTTPException(404, f"user {user_id!r} has no preference {pref_id}")
         engine.invalidate(user_id)
         return {"user_id": user_id, "deleted": [pref_id]}
@@ -222,7 +288,7 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     @app.post("/v1/users/{user_id}/generate", tags=["generate"])
     def generate(user_id: UserId, body: GenerateRequest, who: Principal = Depends(principal)) -> dict:
         for_user(user_id, who)
-        params = GenerationParams(body.max_new_tokens, body.temperature, body.top_p, body.seed)
+        params = sampling(body.max_new_tokens, body.temperature, body.top_p, body.seed)
         out = generate_for(user_id, body.question, params)
         result = {
             "user_id": user_id,
@@ -251,7 +317,7 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
         for_user(user_id, who)
         question = _last_user_text(body.messages)
         max_new = body.max_completion_tokens or body.max_tokens or 128
-        params = GenerationParams(max_new, body.temperature or 0.0, body.top_p or 1.0, body.seed or 0)
+        params = sampling(max_new, body.temperature, body.top_p, body.seed)
         out = generate_for(user_id, question, params)
         finish = "length" if out.completion_tokens >= max_new else "stop"
         return {
@@ -283,7 +349,7 @@ def _last_user_text(messages: list[ChatMessage]) -> str:
         if isinstance(msg.content, str):
             text = msg.content
         else:
-            text = "\n".join(str(p.get("text", "")) for p in msg.content if p.get("type") == "text")
+            text = "\n".join(p["text"] for p in msg.content if p["type"] == "text")
         text = text.strip()
         if text:
             if len(text) > 4000:

@@ -1,7 +1,8 @@
 """Persistent per-user preference pairs and per-user API keys for ``fspo serve``.
 
 Keys are stored only as SHA-256 hashes. Every read and write takes the user id as a bound
-parameter, so a route for one user cannot touch another user's rows.
+parameter, so a route for one user cannot touch another user's rows. The per-user cap is checked
+inside the write transaction that inserts, so parallel posts cannot overshoot it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class StoredPreference:
         return PreferenceRecord(self.user_id, self.prompt, self.chosen, self.rejected, meta={"id": self.id})
 
 
+class TooManyPreferences(Exception):
+    """Adding the pairs would take the user over the cap; ``have`` is how many they store now."""
+
+    def __init__(self, have: int) -> None:
+        super().__init__(have)
+        self.have = have
+
+
 class UserStore:
     """Users, their key hashes and their preference pairs, in one SQLite file."""
 
@@ -73,10 +82,14 @@ class UserStore:
         rows = self.db.query("SELECT user_id FROM users WHERE key_hash = ?", (hash_secret(key),))
         return rows[0]["user_id"] if rows else None
 
-    def add(self, user_id: str, pairs: list[tuple[str, str, str]]) -> list[int]:
+    def add(self, user_id: str, pairs: list[tuple[str, str, str]], cap: int | None = None) -> tuple[list[int], int]:
+        """Insert the pairs; return their ids and the user's new total. Over ``cap``: nothing is added."""
         now = time.time()
         ids = []
-        with self.db.write() as con:
+        with self.db.write() as con:  # BEGIN IMMEDIATE: no other writer between the count and the inserts
+            have = con.execute("SELECT COUNT(*) FROM preferences WHERE user_id = ?", (user_id,)).fetchone()[0]
+            if cap is not None and have + len(pairs) > cap:
+                raise TooManyPreferences(have)
             con.execute("INSERT OR IGNORE INTO users(user_id, created_at) VALUES (?, ?)", (user_id, now))
             for prompt, chosen, rejected in pairs:
                 cur = con.execute(
@@ -84,7 +97,7 @@ class UserStore:
                     (user_id, prompt, chosen, rejected, now),
                 )
                 ids.append(int(cur.lastrowid))
-        return ids
+        return ids, have + len(ids)
 
     def list(self, user_id: str) -> list[StoredPreference]:
         rows = self.db.query(

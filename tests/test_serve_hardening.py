@@ -1,0 +1,295 @@
+"""``fspo serve`` under hostile input: bounded memory for huge bodies, no 500s, one-line CLI errors."""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import suppress
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from fspo.data.runs import resolve_model
+from fspo.serve.api import create_app
+from fspo.serve.live import serve_in_thread
+from fspo.serve.personalize import Engine
+from fspo.serve.users import UserStore
+
+ADMIN = "admin-secret"
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(resolve_model("tiny"))
+
+
+@pytest.fixture()
+def store(tmp_path) -> UserStore:
+    return UserStore(tmp_path / "serve.sqlite")
+
+
+@pytest.fixture()
+def client(engine, store) -> TestClient:
+    return TestClient(create_app(engine, store, [ADMIN], model_name="tiny"))
+
+
+def auth(key: str = ADMIN) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def pair(tag: str) -> dict:
+    return {"prompt": f"Question {tag}?", "chosen": f"Answer liked {tag}", "rejected": f"Answer disliked {tag}"}
+
+
+# ---- memory: the body limit holds on the stream, and auth comes before the body ----------------------
+
+
+def peak_rss_growth(fn) -> tuple[object, float]:
+    """Run ``fn`` and return its result and how far this process's peak RSS rose above the start, in MB."""
+
+    def hwm() -> int:
+        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+    def rss() -> int:
+        return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:  # reset the peak to the current RSS
+            fh.write("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    start = rss()
+    result = fn()
+    return result, (hwm() - start) / MB
+
+
+def chunked(total: int, chunk: int = MB):
+    """A request body with no Content-Length (a generator is sent with Transfer-Encoding: chunked)."""
+    block = b"x" * chunk
+    for _ in range(total // chunk):
+        yield block
+
+
+def post_chunked(url: str, headers: dict, total: int) -> httpx.Response:
+    with httpx.Client(timeout=60) as http:
+        return http.post(url, content=chunked(total), headers={**headers, "content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [({}, 401), (auth("wrong-key"), 401), (auth(), 413)],
+    ids=["no-key", "bad-key", "admin-key"],
+)
+def test_chunked_200mb_body_keeps_memory_bounded(engine, store, headers, status) -> None:
+    app = create_app(engine, store, [ADMIN], model_name="tiny")
+    with serve_in_thread(app) as base:
+        url = f"{base}/v1/users/alice/preferences"
+        response, grown = peak_rss_growth(lambda: post_chunked(url, headers, 200 * MB))
+        assert response.status_code == status, response.text
+        assert grown < 50, f"peak RSS grew by {grown:.0f} MB"
+        # The server is still healthy and still answers on a new connection.
+        assert httpx.get(f"{base}/v1/health").status_code == 200
+    assert store.list("alice") == []
+
+
+def test_small_chunked_body_still_works(engine, store) -> None:
+    import json
+
+    app = create_app(engine, store, [ADMIN], model_name="tiny")
+    body = json.dumps({"preferences": [pair("chunk")]}).encode()
+    with serve_in_thread(app) as base, httpx.Client() as http:
+        r = http.post(
+            f"{base}/v1/users/alice/preferences",
+            content=iter([body[:10], body[10:]]),
+            headers={**auth(), "content-type": "application/json"},
+        )
+    assert r.status_code == 201, r.text
+    assert [p.prompt for p in store.list("alice")] == ["Question chunk?"]
+
+
+def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """POST through the ASGI app with a body that must never be read; return the response status."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise AssertionError("the body was read before authentication")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    with suppress(AssertionError):
+        asyncio.run(app(scope, receive, send))
+    return sent[0]["status"] if sent else 0
+
+
+def test_unauthenticated_body_is_never_read(engine, store) -> None:
+    app = create_app(engine, store, [ADMIN], model_name="tiny")
+    for path in ("/v1/users/alice/preferences", "/v1/chat/completions", "/v1/users/alice/generate", "/v1/nope"):
+        assert asgi_post(app, path, []) == 401
+        assert asgi_post(app, path, [(b"authorization", b"Bearer nope")]) == 401
+        assert asgi_post(app, path, [(b"authorization", b"Basic YTpi")]) == 401
+
+
+def test_body_over_limit_by_content_length_is_413(client) -> None:
+    r = client.post("/v1/users/alice/preferences", content=b"x" * (MB + 10), headers=auth())
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+
+
+# ---- no 500s: ranges are 422, unknown ids 404 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6, 1e-5, 0.7])
+def test_tiny_temperatures_do_not_crash(client, temperature) -> None:
+    client.post("/v1/users/alice/preferences", json={"preferences": [pair("t")]}, headers=auth())
+    body = {"question": "Hi?", "max_new_tokens": 3, "temperature": temperature, "top_p": 1e-300, "seed": 3}
+    r = client.post("/v1/users/alice/generate", json=body, headers=auth())
+    assert r.status_code == 200, r.text
+    chat = {
+        "messages": [{"role": "user", "content": "Hi?"}],
+        "user": "alice",
+        "max_tokens": 3,
+        "temperature": temperature,
+    }
+    assert client.post("/v1/chat/completions", json=chat, headers=auth()).status_code == 200
+
+
+def test_tiny_temperature_is_greedy(client) -> None:
+    client.post("/v1/users/alice/preferences", json={"preferences": [pair("g")]}, headers=auth())
+    answers = set()
+    for temperature, seed in ((0.0, 0), (1e-300, 1), (1e-6, 2)):
+        body = {"question": "Hi?", "max_new_tokens": 6, "temperature": temperature, "seed": seed}
+        answers.add(client.post("/v1/users/alice/generate", json=body, headers=auth()).json()["answer"])
+    assert len(answers) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"question": "q", "temperature": NaN}',
+        b'{"question": "q", "temperature": Infinity}',
+        b'{"question": "q", "temperature": -1e-300}',
+        b'{"question": "q", "temperature": 1e400}',
+        b'{"question": "q", "top_p": 0}',
+        b'{"question": "q", "top_p": NaN}',
+        b'{"question": "q", "seed": 99999999999999999999999999}',
+        b'{"question": "q", "seed": -1}',
+        b'{"question": "q", "max_new_tokens": 99999999999999999999999999}',
+        b'{"question": null}',
+    ],
+)
+def test_out_of_range_numbers_are_422(client, raw) -> None:
+    r = client.post("/v1/users/alice/generate", content=raw, headers={**auth(), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": None}],
+        [{"type": "text"}],
+        [{"type": "text", "text": 5}],
+        [{"text": "no type"}],
+        [{"type": None, "text": "x"}],
+    ],
+)
+def test_chat_text_part_must_be_a_string(client, content) -> None:
+    chat = {"messages": [{"role": "user", "content": content}], "user": "alice", "max_tokens": 2}
+    r = client.post("/v1/chat/completions", json=chat, headers=auth())
+    assert r.status_code == 422 and "messages.0.content" in r.json()["error"]["message"], r.text
+
+
+def test_chat_text_parts_are_joined(client) -> None:
+    parts = [
+        {"type": "text", "text": "Recommend"},
+        {"type": "image_url", "image_url": {"url": "x"}},
+        {"type": "text", "text": "a book."},
+    ]
+    chat = {"messages": [{"role": "user", "content": parts}], "user": "alice", "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=chat, headers=auth()).status_code == 200
+    body = {"question": "Recommend\na book.", "max_new_tokens": 2, "return_prompt": True}
+    prompt = client.post("/v1/users/alice/generate", json=body, headers=auth()).json()["prompt"]
+    assert "Recommend\na book." in prompt
+
+
+@pytest.mark.parametrize("pref_id", ["0", "-1", str(2**63), str(2**64), "9" * 30, "9" * 5000])
+def test_preference_id_out_of_range_is_404(client, pref_id) -> None:
+    r = client.delete(f"/v1/users/alice/preferences/{pref_id}", headers=auth())
+    assert r.status_code in (404, 422), r.text
+    if len(pref_id) < 100:
+        assert r.status_code == 404
+
+
+@pytest.mark.parametrize("user", [".", "..", "...", "a" * 65, "", "a/b", "é"])
+def test_bad_user_ids(client, user) -> None:
+    from urllib.parse import quote
+
+    path = quote(user, safe="").replace(".", "%2E")  # encoded, so no client normalizes "." away
+    r = client.get(f"/v1/users/{path}/preferences", headers=auth())
+    assert r.status_code in (404, 422), r.text
+    chat = {"messages": [{"role": "user", "content": "hi"}], "user": user}
+    assert client.post("/v1/chat/completions", json=chat, headers=auth()).status_code == 422
+
+
+def test_dotted_ids_that_are_not_only_dots_work(client) -> None:
+    r = client.post("/v1/users/a.b/preferences", json={"preferences": [pair("d")]}, headers=auth())
+    assert r.status_code == 201
+
+
+@pytest.mark.parametrize("key", ["é", "\u00ff" * 40, "a b", "x" * 5000])
+def test_odd_keys_are_401(client, key) -> None:
+    header = ("Bearer " + key).encode("latin-1")
+    r = client.get("/v1/users/alice/preferences", headers={"authorization": header})
+    assert r.status_code == 401, r.text
+    r = client.post("/v1/users/alice/preferences", json={"preferences": [pair("k")]}, headers={"authorization": header})
+    assert r.status_code == 401, r.text
+
+
+def test_cap_holds_under_parallel_posts(engine, store) -> None:
+    """40 parallel posts of 10 pairs each against a user at 900: exactly 10 succeed, the rest are 409."""
+    store.add("alice", [(f"q{i}", "a", "b") for i in range(900)])
+    app = create_app(engine, store, [ADMIN], model_name="tiny")
+    barrier = threading.Barrier(40)
+    statuses: list[int] = []
+
+    def post(i: int, base: str) -> None:
+        body = {"preferences": [pair(f"{i}-{j}") for j in range(10)]}
+        with httpx.Client(timeout=60) as http:
+            barrier.wait()
+            statuses.append(http.post(f"{base}/v1/users/alice/preferences", json=body, headers=auth()).status_code)
+
+    with serve_in_thread(app) as base:
+        threads = [threading.Thread(target=post, args=(i, base)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(statuses) == [201] * 10 + [409] * 30
+    assert len(store.list("alice")) == 1000
+
+
+def test_store_cap_is_checked_in_the_transaction(store) -> None:
+    from fspo.serve.users import TooManyPreferences
+
+    ids, count = store.add("bob", [("q", "a", "b")] * 3, cap=3)
+    assert len(ids) == 3 and count == 3
+    with pytest.raises(TooManyPreferences) as err:
+        store.add("bob", [("q", "a", "b")], cap=3)
+    assert err.value.have == 3 and len(store.list("bob")) == 3
