@@ -1,13 +1,17 @@
-"""Dataclass configs: loadable from YAML, overridable with dotted ``section.field=value`` pairs.
+"""One config system for every subcommand: dataclasses, YAML, dotted overrides, the CLI.
 
-Every field carries ``metadata={"help": ...}`` so ``--help`` documents every option; the same
-dataclass is the YAML schema, the CLI, and what a run records in ``fspo_run.json``.
+A config is a dataclass deriving from :class:`Config` whose fields are made with :func:`opt`
+(help text, choices, numeric range). The same dataclass is the YAML schema, the ``--section.field``
+flags, the Python API and what a run records. Every value is checked in ``__post_init__``, so a
+bad value is refused the same way whether it came from the CLI, a YAML file, a dotted override
+or Python: one line naming the option.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,72 +19,195 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fspo.errors import FspoError
+from fspo.errors import FspoError, show
 
 T = TypeVar("T")
 
+_RANGE_KEYS = ("ge", "gt", "le", "lt")
 
-def opt(default: Any, help: str, **kwargs) -> Any:
-    """A dataclass field with a help string (shown by ``--help`` and in docs)."""
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+class ConfigError(FspoError):
+    """A value outside its option's type, choices or range; the message starts with the option name."""
+
+
+def opt(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: typing.Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with its help string (shown by ``--help``), allowed choices and range."""
+    meta = {"help": help, "choices": list(choices) if choices is not None else None}
+    meta |= {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _nullable(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def _leaf_type(tp: Any) -> Any:
     """``int | None`` -> ``int``; plain types pass through."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else str
     return tp
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    nullable = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and nullable):
-        if not nullable:
-            raise FspoError(f"{where}: must not be null")
-        return None
+def _type_name(tp: Any) -> str:
     leaf = _leaf_type(tp)
-    try:
-        if leaf is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
+    origin = typing.get_origin(leaf)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(leaf)[0])}"
+    if origin is dict:
+        return "NAME=VALUE pairs"
+    return getattr(leaf, "__name__", str(leaf))
+
+
+def _coerce_scalar(value: Any, leaf: Any) -> Any:
+    if leaf is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if leaf is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(value)
-        if leaf in (int, float, str):
-            if leaf is int and isinstance(value, float) and not value.is_integer():
+        if isinstance(value, str):
+            text = value.strip()
+            if len(text) > 30:
                 raise ValueError(value)
-            return (
-                leaf(float(value)) if leaf is int and isinstance(value, str) and "e" in value.lower() else leaf(value)
-            )
-    except (TypeError, ValueError):
-        raise FspoError(f"{where}: expected {getattr(leaf, '__name__', leaf)}, got {value!r}") from None
+            return int(float(text)) if ("e" in text.lower() and float(text).is_integer()) else int(text)
+        return int(value)
+    if leaf is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if leaf is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
+        return str(value)
     return value
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """A value from YAML or the command line, converted to the field's type (or ConfigError)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and _nullable(tp)):
+        if not _nullable(tp):
+            raise ConfigError(f"{name}: must not be null")
+        return None
+    leaf = _leaf_type(tp)
+    origin = typing.get_origin(leaf)
+    try:
+        if origin is list:
+            (item,) = typing.get_args(leaf)
+            items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(value)
+            return [_coerce_scalar(x, item) for x in items]
+        if origin is dict:
+            if isinstance(value, str):
+                pairs = [x.partition("=") for x in value.split(",") if x.strip()]
+                if any(not sep or not k.strip() or not v.strip() for k, sep, v in pairs):
+                    raise ValueError(value)
+                value = {k.strip(): v.strip() for k, _, v in pairs}
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return {str(k): str(v) for k, v in value.items()}
+        return _coerce_scalar(value, leaf)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name}: expected {_type_name(tp)}, got {show(value)}") from None
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build a (nested) dataclass from a dict, rejecting unknown keys with their dotted name."""
+def _check_value(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> None:
+    if value is None:
+        if not _nullable(tp):
+            raise ConfigError(f"{name}: must not be null")
+        return
+    leaf = _leaf_type(tp)
+    if leaf in (int, float, bool, str):
+        ok = (
+            isinstance(value, bool)
+            if leaf is bool
+            else isinstance(value, int) and not isinstance(value, bool)
+            if leaf is int
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if leaf is float
+            else isinstance(value, str)
+        )
+        if not ok:
+            raise ConfigError(f"{name}: expected {_type_name(tp)}, got {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, got {show(value)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for key, test, word in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if key in meta and not test(value, meta[key]):
+                raise ConfigError(f"{name}: must be {word} {meta[key]}, got {value}")
+
+
+def check_fields(obj: Any) -> None:
+    """Check every leaf field of ``obj`` against its type, choices and range (nested configs check
+    themselves when built)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            continue
+        _check_value(f.name, getattr(obj, f.name), tp, f.metadata)
+
+
+class Config:
+    """Base of every config dataclass: values are checked however they arrive."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", source: str | None = None) -> T:
+    """Build a (nested) dataclass from a dict, naming any bad option with its dotted name."""
+
+    def fail(message: str) -> FspoError:
+        return FspoError(f"{source}: {message}" if source else message)
+
     if not isinstance(data, dict):
-        raise FspoError(f"{where}: expected a mapping")
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+        raise fail(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise FspoError(f"{where}.{key}: unknown option (known: {', '.join(fields)})")
+            raise fail(f"{prefix}{key}: unknown option (known: {', '.join(fields)})")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value or {}, f"{where}.{key}")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
+        try:
+            if dataclasses.is_dataclass(tp):
+                kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.", source)
+            else:
+                kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise fail(f"{prefix}{exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -97,30 +224,37 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FspoError(f"{p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise FspoError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise FspoError(f"{p}: cannot read config: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise FspoError(f"{p}: expected a mapping at the top level")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults <- YAML file <- overrides (dotted keys)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FspoError(f"{p}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise FspoError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(data, dict):
-            raise FspoError(f"{p}: expected a mapping at the top level")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return from_dict(cls, data, where=str(path) if path else "config")
+    return from_dict(cls, data, source=str(path) if path and not overrides else None)
 
 
 def iter_leaves(cls: type, prefix: str = ""):
     """Yield ``(dotted_name, field, type)`` for every leaf option of a nested dataclass."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         tp = hints[f.name]
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
@@ -129,37 +263,63 @@ def iter_leaves(cls: type, prefix: str = ""):
             yield name, f, tp
 
 
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str] | None = None) -> None:
-    """One ``--section.field`` flag per leaf option (plus short aliases), all defaulting to unset."""
+    """``--config FILE.yaml``, one ``--section.field`` flag per leaf option (plus short aliases,
+    all unset by default so YAML values survive), and trailing ``section.field=value`` overrides.
+    A boolean flag alone means true (``--lora``); ``--lora false`` turns it off."""
     aliases = aliases or {}
-    reverse = {v: k for k, v in aliases.items()}
+    reverse: dict[str, list[str]] = {}
+    for alias, target in aliases.items():
+        reverse.setdefault(target, []).append(alias)
+    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="options from a YAML file")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f, tp in iter_leaves(cls):
         section = name.split(".")[0] if "." in name else "run"
         group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        if name in reverse:
-            flags.insert(0, f"--{reverse[name]}")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        choices = f.metadata.get("choices")
-        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        for alias in reverse.get(name, []):
+            flags.insert(0, f"--{alias}")
+            if "_" in alias:
+                flags.insert(1, f"--{alias.replace('_', '-')}")
         leaf = _leaf_type(tp)
-        metavar = "BOOL" if leaf is bool else getattr(leaf, "__name__", "VALUE").upper()
-        group.add_argument(
-            *flags,
-            dest=f"cfg:{name}",
-            default=None,
-            metavar=metavar,
-            help=help_text,
-            choices=choices if choices and leaf is not bool else None,
-        )
+        choices = f.metadata.get("choices")
+        help_text = f.metadata.get("help", "")
+        if choices and leaf is not bool:
+            help_text += f" {{{', '.join(map(str, choices))}}}"
+        if "(default:" not in help_text:  # a help text may say its default in words ("default: lr")
+            help_text += f" (default: {_default_text(f)})"
+        help_text = help_text.replace("%", "%%")
+        extra: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "BOOL"} if leaf is bool else {}
+        if not extra:
+            extra["metavar"] = _type_name(tp).upper().replace(" ", "_")
+        group.add_argument(*flags, dest=f"cfg:{name}", default=None, help=help_text, **extra)
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="dotted overrides")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
     for item in getattr(args, "overrides", None) or []:
         if "=" not in item:
-            raise FspoError(f"override {item!r}: expected section.field=value")
+            raise FspoError(f"override {show(item)}: expected section.field=value")
         key, value = item.split("=", 1)
         out[key] = value
     return out
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The config a subcommand runs with: defaults <- ``--config`` YAML <- flags and overrides."""
+    return load_config(cls, getattr(args, "config", None), overrides_from_args(args))

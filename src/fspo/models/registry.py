@@ -13,6 +13,7 @@ import torch
 
 from fspo.data.runs import FINAL_DIR, RUN_FILE
 from fspo.errors import FspoError
+from fspo.models import DTYPE_NAMES
 
 PRESETS = ("tiny", "smollm2")
 DTYPES = {
@@ -29,7 +30,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise FspoError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+        raise FspoError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}") from None
 
 
 def model_dir(spec: str) -> Path | None:
