@@ -293,3 +293,158 @@ def test_store_cap_is_checked_in_the_transaction(store) -> None:
     with pytest.raises(TooManyPreferences) as err:
         store.add("bob", [("q", "a", "b")], cap=3)
     assert err.value.have == 3 and len(store.list("bob")) == 3
+
+
+# ---- the command handlers: one-line errors (exit 2), keys off the command line, a real server ----------
+
+
+def one_line_error(capsys, argv: list[str], needle: str) -> None:
+    from fspo.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_serve_bad_options_are_one_line_errors(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FSPO_API_KEY", ADMIN)
+    base = ["serve", "--model", "tiny"]
+    one_line_error(capsys, [*base, "--db", str(tmp_path)], "is a folder")
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a database\n" * 100)
+    one_line_error(capsys, [*base, "--db", str(text)], "not a usable SQLite database")
+    assert text.read_text() == "this is not a database\n" * 100  # untouched
+    db = str(tmp_path / "s.sqlite")
+    one_line_error(capsys, [*base, "--db", db, "--port", "99999"], "--port")
+    one_line_error(capsys, [*base, "--db", db, "--port", "-1"], "--port")
+    one_line_error(capsys, [*base, "--db", db, "--host", "no.such.host.invalid"], "--host")
+    one_line_error(capsys, [*base, "--db", db, "--cache-users", "-1"], "--cache-users")
+    missing = str(tmp_path / "missing.key")
+    one_line_error(capsys, [*base, "--db", db, "--port", "0", "--api-key-file", missing], "--api-key-file")
+    (tmp_path / "empty.key").write_text("\n\n")
+    one_line_error(capsys, [*base, "--db", db, "--port", "0", "--api-key-file", str(tmp_path / "empty.key")], "no key")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        one_line_error(capsys, [*base, "--db", db, "--port", port], "cannot listen")
+    one_line_error(capsys, ["serve", "--model", str(tmp_path), "--db", db, "--port", "0"], "model")
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    one_line_error(capsys, ["serve", "--model", str(broken), "--db", db, "--port", "0"], "model")
+
+
+def test_personalize_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
+    import json
+
+    prefs = tmp_path / "p.jsonl"
+    prefs.write_text(json.dumps({"user_id": "u", "prompt": "Q?", "chosen": "yes", "rejected": "no"}) + "\n")
+    base = ["personalize", "--model", "tiny", "--prefs", str(prefs), "Hi?"]
+    one_line_error(capsys, [*base, "--max-new-tokens", "0"], "--max-new-tokens")
+    one_line_error(capsys, [*base, "--max-new-tokens", "-5"], "--max-new-tokens")
+    one_line_error(capsys, [*base, "--temperature", "nan"], "--temperature")
+    one_line_error(capsys, [*base, "--temperature", "-1"], "--temperature")
+    one_line_error(capsys, [*base, "--seed", "-1"], "--seed")
+
+
+def test_personalize_tiny_temperature_is_greedy(tmp_path, capsys) -> None:
+    import json
+
+    from fspo.cli import main
+
+    prefs = tmp_path / "p.jsonl"
+    prefs.write_text(json.dumps({"user_id": "u", "prompt": "Q?", "chosen": "yes", "rejected": "no"}) + "\n")
+    outs = []
+    for temperature in ("0", "1e-300"):
+        argv = ["personalize", "--model", "tiny", "--prefs", str(prefs), "--max-new-tokens", "4", "Hi?"]
+        assert main([*argv, "--temperature", temperature]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
+def test_api_key_flag_warns_about_the_process_list(capsys) -> None:
+    from fspo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "process list" in help_text and "--api-key-file" in help_text and "FSPO_API_KEY" in help_text
+
+
+def start_cli(argv: list[str], env: dict, tmp_path):
+    """Start ``fspo ARGV`` in a subprocess; return it once /v1/health (or /healthz) answers, and its URL."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fspo.serve.live import free_port
+
+    port = free_port()
+    log = open(tmp_path / f"server-{port}.log", "w+")  # noqa: SIM115 (closed by stop_cli)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fspo.cli", *argv, "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"server exited {proc.returncode}: {log.read()}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(url + ("/healthz" if argv[0] == "study" else "/v1/health"), timeout=2).status_code == 200:
+                return proc, url, log
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def stop_cli(proc, log) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=30) in (0, 130)  # 130: the CLI reports the Ctrl-C
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.seek(0)
+        text = log.read()
+        log.close()
+    return text
+
+
+def test_serve_command_with_key_from_environment(tmp_path) -> None:
+    db = tmp_path / "cli.sqlite"
+    argv = ["serve", "--model", "tiny", "--db", str(db), "--name", "tiny-cli"]
+    proc, url, log = start_cli(argv, {"FSPO_API_KEY": "env-admin-key"}, tmp_path)
+    try:
+        assert httpx.get(url + "/v1/health").json()["model"] == "tiny-cli"
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/v1/models", headers=auth("wrong")).status_code == 401
+        r = httpx.post(
+            f"{url}/v1/users/zoe/preferences", json={"preferences": [pair("z")]}, headers=auth("env-admin-key")
+        )
+        assert r.status_code == 201, r.text
+    finally:
+        output = stop_cli(proc, log)
+    assert "env-admin-key" not in output and "admin key for this run" not in output
+    assert len(UserStore(db).list("zoe")) == 1
+
+
+def test_serve_command_with_key_file(tmp_path) -> None:
+    keyfile = tmp_path / "admin.key"
+    keyfile.write_text("file-key-1\n\nfile-key-2\n")
+    argv = ["serve", "--model", "tiny", "--db", str(tmp_path / "k.sqlite"), "--api-key-file", str(keyfile)]
+    proc, url, log = start_cli(argv, {"FSPO_API_KEY": ""}, tmp_path)
+    try:
+        for key in ("file-key-1", "file-key-2"):
+            assert httpx.get(url + "/v1/models", headers=auth(key)).status_code == 200
+    finally:
+        stop_cli(proc, log)

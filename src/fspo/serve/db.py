@@ -4,6 +4,9 @@ WAL lets readers proceed while one writer commits; per-thread connections avoid 
 connection across the server's worker threads; ``BEGIN IMMEDIATE`` takes the write lock up front
 so read-then-write transactions cannot deadlock, and ``busy_timeout`` makes writers queue
 instead of failing under load.
+
+A commit is in the WAL file before the call returns, so a kill -9 of the process loses no
+committed (acknowledged) row; ``synchronous=NORMAL`` means a power loss may lose the last commits.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from fspo.errors import FspoError
 
 
 def hash_secret(secret: str) -> str:
@@ -27,11 +32,21 @@ class Database:
     def __init__(self, path: str | Path, schema: str) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            file = Path(self.path)
+            if file.is_dir():
+                raise FspoError(f"{file}: is a folder, not a SQLite database file")
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FspoError(f"{file}: cannot create its folder: {exc.strerror or exc}") from None
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        self.connect().executescript(schema)  # executescript commits on its own
+        try:
+            self.connect().executescript(schema)  # executescript commits on its own
+        except sqlite3.Error as exc:
+            self.close()
+            raise FspoError(f"{self.path}: not a usable SQLite database: {exc}") from None
 
     def connect(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
