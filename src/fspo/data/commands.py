@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from fspo.errors import DataError, FspoError, printable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,37 +23,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export preferences to TRL's prompt/chosen/rejected JSONL")
     e.add_argument("data", help="prefs.jsonl (or a folder holding it)")
     e.add_argument("--out", required=True, help="output JSONL path")
-    e.add_argument("--split", default=None, help="only rows of this split (train/test)")
+    e.add_argument("--split", default=None, choices=("train", "test", "validation"), help="only rows of this split")
     e.set_defaults(func=run_export)
+
+
+MAX_PROBLEMS = 100  # per file: a binary or wrongly encoded file would otherwise print a line per line
+
+
+def validate_targets(paths: list[str]) -> list[tuple[Path, Path | None]]:
+    """The files ``fspo validate PATHS`` checks, each with the users file training pairs it with:
+    a folder's prefs.jsonl and users.jsonl, a prefs file and the users.jsonl beside it (each once)."""
+    from fspo.data.io import prefs_file_for, users_file_for
+
+    targets: dict[Path, Path | None] = {}
+    for arg in paths:
+        try:
+            prefs, users = prefs_file_for(arg), users_file_for(arg)
+        except DataError:  # unreadable: validate_file reports why
+            prefs, users = Path(arg), None
+        targets.setdefault(prefs, users)
+        if users is not None:
+            targets.setdefault(users, None)
+    return list(targets.items())
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from collections import Counter
-    from pathlib import Path
 
     from fspo.data.io import looks_like_users_file, read_preferences, validate_file
 
     bad = False
-    for f in args.files:
-        path = Path(f)
-        if path.is_dir() and (path / "prefs.jsonl").exists():
-            targets = [path / "prefs.jsonl"] + ([path / "users.jsonl"] if (path / "users.jsonl").exists() else [])
-        else:
-            targets = [path]
-        for target in targets:
-            problems = validate_file(target)
-            for prob in problems:
-                print(prob)
-            bad |= bool(problems)
-            if not problems and args.shots is not None and not looks_like_users_file(target):
-                counts = Counter(r.user_id for r in read_preferences(target))
-                for user, n in sorted(counts.items()):
-                    if n < args.shots + 1:
-                        print(
+    for target, users in validate_targets(args.files):
+        problems = validate_file(target, users)
+        for prob in problems[:MAX_PROBLEMS]:
+            print(prob)
+        if len(problems) > MAX_PROBLEMS:
+            print(printable(f"{target}: {len(problems) - MAX_PROBLEMS} more problems not shown"))
+        bad |= bool(problems)
+        if not problems and args.shots is not None and not looks_like_users_file(target):
+            counts = Counter(r.user_id for r in read_preferences(target))
+            for user, n in sorted(counts.items()):
+                if n < args.shots + 1:
+                    print(
+                        printable(
                             f"{target}: user_id: user {user!r} has {n} preferences, fewer than shots+1={args.shots + 1}"
                         )
-            if not problems:
-                print(f"{target}: ok", file=sys.stderr)
+                    )
+        if not problems:
+            print(printable(f"{target}: ok"), file=sys.stderr)
     return 2 if bad else 0
 
 
@@ -59,6 +79,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     data = load_data(args.data)
     rows = data.prefs if args.split is None else data.split(args.split)
-    n = export_trl(rows, args.out)
+    try:
+        n = export_trl(rows, args.out)
+    except OSError as exc:
+        raise FspoError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     print(f"wrote {n} rows to {args.out}")
     return 0

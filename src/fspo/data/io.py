@@ -1,97 +1,246 @@
 """Read and write the canonical files; JSONL, JSON, Parquet and Hugging Face ``datasets`` folders.
 
-Writes are atomic (temp file + ``os.replace``) so a killed job never leaves half a file behind.
+Reading never raises anything but :class:`DataError` for a bad input (wrong encoding, broken JSON,
+a damaged Parquet file, an unreadable path), so every command prints it as one line. Writes are
+atomic (temp file + ``os.replace``) so a killed job never leaves half a file behind, and an output
+folder is locked (:func:`lock_output`) so two jobs never interleave their files.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
-from fspo.data.schema import PreferenceRecord, UserProfile, parse_preference, parse_user
+from fspo.data.schema import (
+    PREFERENCE_KEYS,
+    LongInteger,
+    PreferenceRecord,
+    UserProfile,
+    parse_preference,
+    parse_user,
+)
 from fspo.errors import DataError, FspoError
 
 Row = tuple[int | None, Any]  # (1-based line or row number, decoded object)
+LOCK_NAME = ".fspo.lock"
+_FOREIGN_BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
-def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Yield ``(line_number, object)`` for each row of a JSONL/JSON/Parquet file or HF dataset folder.
+# ---------------------------------------------------------------------------------------- reading
 
-    Undecodable JSON lines are yielded as :class:`DataError` objects so that validation can
-    report every problem in one pass instead of stopping at the first.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FspoError(f"{path}: no such file or directory")
-    if path.is_dir():
-        yield from _iter_hf_dir(path)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(str(path), exc.lineno, "<json>", exc.msg) from None
-        if not isinstance(data, list):
-            raise DataError(str(path), 1, "<json>", "expected a JSON array of objects")
-        yield from enumerate(data, start=1)
-    else:
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON keeps the last of two equal keys; a row saying two things is refused instead."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _parse_int(digits: str) -> int | LongInteger:
+    return int(digits) if len(digits) <= 4000 else LongInteger(digits)  # Python refuses over 4300 digits
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_int=_parse_int)
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` for user data: duplicate keys raise ``ValueError``; huge integers become
+    :class:`LongInteger` (refused later, naming their field)."""
+    return _DECODER.decode(text)
+
+
+def _json_problem(path: str, line: int | None, text: str) -> Any:
+    """The decoded value of ``text``, or the :class:`DataError` that says why there is none."""
+    try:
+        return loads(text)
+    except _DuplicateKey as exc:
+        return DataError(path, line, exc.key, "duplicate key in one object")
+    except json.JSONDecodeError as exc:  # a whole .json file (line None) takes the decoder's line
+        return DataError(path, line or exc.lineno, "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return DataError(path, line, "<json>", "invalid JSON: nested too deeply")
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """``path``'s status, None if it does not exist; other errors (permissions) become a DataError."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise DataError(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}") from None
+
+
+def _exists(path: Path) -> bool:
+    return _stat(path) is not None
+
+
+def _is_dir(path: Path) -> bool:
+    st = _stat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _read_head(path: Path, fh: IO[bytes]) -> bytes:
+    """Check the first bytes: UTF-16/32 and binary files are refused, a UTF-8 BOM is skipped."""
+    head = fh.read(4096)
+    for bom, name in _FOREIGN_BOMS:
+        if head.startswith(bom):
+            raise DataError(str(path), 1, "<encoding>", f"the file is {name}; fspo reads UTF-8 (save it as UTF-8)")
+    if b"\x00" in head:
+        raise DataError(str(path), 1, "<encoding>", "contains NUL bytes (UTF-16 without a BOM, or not text?)")
+    return head[len(codecs.BOM_UTF8) :] if head.startswith(codecs.BOM_UTF8) else head
+
+
+def _decode(path: Path, line: int, raw: bytes) -> str | DataError:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line += raw.count(b"\n", 0, exc.start)
+        column = exc.start - line_start + 1
+        return DataError(str(path), line, "<encoding>", f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {column}")
+
+
+def _iter_text(path: Path) -> Iterator[Row]:
+    """JSONL (or a ``.json`` array); a bad line is yielded as a DataError so validation sees them all."""
+    try:
+        with path.open("rb") as fh:
+            head = _read_head(path, fh)
+            if path.suffix == ".json" and not head.lstrip().startswith(b"{"):  # a JSON array; "{": JSON lines
+                yield from _json_array(path, head + fh.read())
+                return
+            for i, raw in enumerate(_lines(head, fh), start=1):
+                if not raw.strip():
                     continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield i, DataError(str(path), i, "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+                text = _decode(path, i, raw)
+                yield i, (text if isinstance(text, DataError) else _json_problem(str(path), i, text))
+    except OSError as exc:
+        raise DataError(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}") from None
+
+
+def _lines(head: bytes, fh: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a file whose first bytes were already read into ``head``."""
+    *first, rest = head.split(b"\n")
+    yield from (line + b"\n" for line in first)
+    for line in fh:
+        if rest:
+            line, rest = rest + line, b""
+        yield line
+    if rest:
+        yield rest
+
+
+def _json_array(path: Path, raw: bytes) -> Iterator[Row]:
+    text = _decode(path, 1, raw)
+    if isinstance(text, DataError):
+        raise text
+    data = _json_problem(str(path), None, text)
+    if isinstance(data, DataError):
+        raise data
+    if not isinstance(data, list):
+        raise DataError(str(path), 1, "<json>", "expected a JSON array of objects (or one object per line)")
+    yield from enumerate(data, start=1)
+
+
+def _iter_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(str(path), None, "<parquet>", f"not a readable Parquet file: {reason[:200]}") from None
+    yield from enumerate(rows, start=1)
 
 
 def _iter_hf_dir(path: Path) -> Iterator[Row]:
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise DataError(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}") from None
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a core dependency
         raise FspoError(f"{path}: reading a datasets folder needs the 'datasets' package") from exc
     try:
         ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError as exc:
-        raise FspoError(f"{path}: not a Hugging Face datasets folder ({exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        n = 0
-        for split_name, part in ds.items():
-            for row in part:
-                n += 1
-                row = dict(row)
-                row.setdefault("split", "test" if split_name == "test" else split_name)
-                yield n, row
+        parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+        rows = [(name, dict(row)) for name, part in parts for row in part]
+    except Exception as exc:  # noqa: BLE001 - a damaged folder raises anything; none of it is a bug of ours
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(str(path), None, "<folder>", f"not a Hugging Face datasets folder: {reason[:200]}") from None
+    for n, (split_name, row) in enumerate(rows, start=1):
+        if split_name is not None:
+            row.setdefault("split", split_name)
+        yield n, row
+
+
+def iter_rows(path: str | Path) -> Iterator[Row]:
+    """Yield ``(line_number, object)`` for each row of a JSONL/JSON/Parquet file or HF dataset folder.
+
+    Undecodable lines are yielded as :class:`DataError` objects so that validation can report
+    every problem in one pass; a problem with the whole file raises :class:`DataError`.
+    """
+    path = Path(path)
+    st = _stat(path)
+    if st is None:
+        raise DataError(str(path), None, "<file>", "no such file or directory")
+    if stat.S_ISDIR(st.st_mode):
+        yield from _iter_hf_dir(path)
+    elif not stat.S_ISREG(st.st_mode):
+        raise DataError(str(path), None, "<file>", "not a regular file")
+    elif path.suffix == ".parquet":
+        yield from _iter_parquet(path)
     else:
-        yield from enumerate(ds, start=1)
+        yield from _iter_text(path)
 
 
-def _parse_all(path: str | Path, parse) -> tuple[list, list[DataError]]:
-    records, problems = [], []
-    for line, obj in iter_rows(path):
-        if isinstance(obj, DataError):
-            problems.append(obj)
-            continue
-        try:
-            records.append(parse(obj, str(path), line))
-        except DataError as exc:
-            problems.append(exc)
+def _parse_all(path: str | Path, parse: Callable[[Any, str, int | None], Any]) -> tuple[list[Row], list[DataError]]:
+    """``(line, record)`` for every good row and every problem; a whole-file problem is one problem."""
+    records: list[Row] = []
+    problems: list[DataError] = []
+    try:
+        for line, obj in iter_rows(path):
+            if isinstance(obj, DataError):
+                problems.append(obj)
+                continue
+            try:
+                records.append((line, parse(obj, str(path), line)))
+            except DataError as exc:
+                problems.append(exc)
+    except DataError as exc:
+        problems.append(exc)
     return records, problems
 
 
-def read_preferences(path: str | Path) -> list[PreferenceRecord]:
-    """Read every preference in ``path``; raise the first :class:`DataError` (use ``validate`` for all)."""
+def _preferences(path: str | Path) -> list[Row]:
     records, problems = _parse_all(path, parse_preference)
     if problems:
         raise problems[0]
@@ -100,56 +249,128 @@ def read_preferences(path: str | Path) -> list[PreferenceRecord]:
     return records
 
 
-def read_users(path: str | Path) -> list[UserProfile]:
+def read_preferences(path: str | Path) -> list[PreferenceRecord]:
+    """Read every preference in ``path``; raise the first :class:`DataError` (use ``validate`` for all)."""
+    return [rec for _, rec in _preferences(path)]
+
+
+def _users(path: str | Path) -> tuple[list[Row], list[DataError]]:
     users, problems = _parse_all(path, parse_user)
-    if problems:
-        raise problems[0]
-    _check_unique_users(users, str(path), problems)
-    if problems:
-        raise problems[0]
-    return users
-
-
-def _check_unique_users(users: list[UserProfile], path: str, problems: list[DataError]) -> None:
     seen: set[str] = set()
-    for i, user in enumerate(users, start=1):
+    for line, user in users:
         if user.user_id in seen:
-            problems.append(DataError(path, i, "user_id", f"duplicate user {user.user_id!r}"))
+            problems.append(DataError(str(path), line, "user_id", f"duplicate user {user.user_id!r}"))
         seen.add(user.user_id)
+    return users, problems
+
+
+def read_users(path: str | Path) -> list[UserProfile]:
+    """Read every user in ``path``; raise the first :class:`DataError` (duplicate ids included)."""
+    users, problems = _users(path)
+    if problems:
+        raise problems[0]
+    return [user for _, user in users]
 
 
 def looks_like_users_file(path: str | Path) -> bool:
-    """A users file has descriptions/attributes and no preference fields."""
-    name = Path(path).name
-    if "users" in name:
-        return True
-    for _, obj in iter_rows(path):
-        if isinstance(obj, dict):
-            return "prompt" not in obj and ("description" in obj or "attributes" in obj)
+    """A users file is named ``users.jsonl`` (``.json``, ``.parquet``), or, under any other name
+    but ``prefs.*``, its first 100 rows have no preference field and some have a description or
+    attributes. Never decided by a substring of the name: ``my_users_prefs.jsonl`` is preferences.
+    """
+    p = Path(path)
+    if p.suffix in (".jsonl", ".json", ".parquet") and p.stem in ("users", "prefs"):
+        return p.stem == "users"
+    try:
+        rows = [obj for _, obj in itertools.islice(iter_rows(p), 100) if isinstance(obj, dict)]
+    except DataError:
         return False
-    return False
+    return not any(PREFERENCE_KEYS & obj.keys() for obj in rows) and any(
+        "description" in obj or "attributes" in obj for obj in rows
+    )
 
 
-def validate_file(path: str | Path) -> list[DataError]:
-    """Every problem in one file (preferences or users, detected from its content)."""
-    if looks_like_users_file(path):
-        users, problems = _parse_all(path, parse_user)
-        _check_unique_users(users, str(path), problems)
-        return problems
-    records, problems = _parse_all(path, parse_preference)
-    if not records and not problems:
-        problems.append(DataError(str(path), None, "<file>", "contains no preferences"))
+def users_file_for(path: str | Path) -> Path | None:
+    """The ``users.jsonl`` that :func:`load_data` pairs with ``path`` (a folder or a prefs file)."""
+    path = Path(path)
+    users = path / "users.jsonl" if _is_dir(path) else path.parent / "users.jsonl"
+    return users if users != path and _exists(users) else None
+
+
+def prefs_file_for(path: str | Path) -> Path:
+    """``path/prefs.jsonl`` for a folder holding one, else ``path`` itself (a file or a datasets folder)."""
+    path = Path(path)
+    return path / "prefs.jsonl" if _is_dir(path) and _exists(path / "prefs.jsonl") else path
+
+
+def check_against_users(
+    prefs: list[Row], users: dict[str, UserProfile], prefs_path: str | Path, users_path: str | Path
+) -> list[DataError]:
+    """What training refuses when prefs and users disagree: a user missing from the users file, and a
+    held-out (``split: test``) user's row marked ``train``, which would leak the user into training."""
+    problems = []
+    for line, rec in prefs:
+        user = users.get(rec.user_id)
+        if user is None:
+            problems.append(DataError(str(prefs_path), line, "user_id", f"user {rec.user_id!r} is not in {users_path}"))
+        elif user.split == "test" and rec.split == "train":
+            problems.append(
+                DataError(
+                    str(prefs_path),
+                    line,
+                    "split",
+                    f"user {rec.user_id!r} is held out (test) in {users_path} but this row is train",
+                )
+            )
     return problems
 
 
+def validate_file(path: str | Path, users_path: str | Path | None = None) -> list[DataError]:
+    """Every problem in one file (preferences or users, see :func:`looks_like_users_file`).
+
+    A preferences file is also checked against ``users_path`` (when that file is itself valid),
+    exactly as :func:`load_data` checks it before training.
+    """
+    if looks_like_users_file(path):
+        return _users(path)[1]
+    records, problems = _parse_all(path, parse_preference)
+    if not records and not problems:
+        problems.append(DataError(str(path), None, "<file>", "contains no preferences"))
+    if users_path is not None and records:
+        users, user_problems = _users(users_path)
+        if not user_problems:
+            problems += check_against_users(records, {u.user_id: u for _, u in users}, path, users_path)
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def _atomic_file(path: str | Path) -> Iterator[TextIO]:
-    """Open a temp file next to ``path``; on success fsync and rename it over ``path``, else delete it."""
+def open_atomic(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on success fsync and rename it over ``path``, else delete it.
+
+    The file gets the mode a plain ``open`` would give (0666 minus the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -162,7 +383,7 @@ def _atomic_file(path: str | Path) -> Iterator[TextIO]:
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Atomically write rows (dataclasses with ``to_dict`` or dicts) as JSONL; return the row count."""
     n = 0
-    with _atomic_file(path) as fh:
+    with open_atomic(path) as fh:
         for row in rows:
             obj = row.to_dict() if hasattr(row, "to_dict") else row
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -171,7 +392,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    with _atomic_file(path) as fh:
+    with open_atomic(path) as fh:
         fh.write(text)
 
 
@@ -181,7 +402,7 @@ def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a model folder should be readable like any other
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; a model folder is readable like any other
         write(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -190,6 +411,77 @@ def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextmanager
+def lock_output(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder (created if needed) while writing into it.
+
+    A second writer (another process, or another open in this one: ``flock`` locks belong to the
+    open file) fails at once with a one-line :class:`FspoError` instead of interleaving files.
+    The lock is ``FOLDER/.fspo.lock``, released by the kernel when its holder exits, even by
+    kill -9; the file itself stays. A folder this call created is removed again if the body
+    fails before writing anything into it. Used by ``fspo synth``; meant for train and eval too.
+    """
+    folder = Path(folder)
+    created = not _exists(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FspoError(f"{folder}: exists and is not a folder") from None
+    except OSError as exc:
+        raise FspoError(f"{folder}: cannot create the output folder: {exc.strerror or exc}") from None
+    fd = _acquire(folder)
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            _remove_if_only_lock(folder)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _acquire(folder: Path, tries: int = 5) -> int:
+    """Open and lock ``folder/.fspo.lock``; write our pid into it for the next one's message."""
+    import fcntl
+
+    lock = folder / LOCK_NAME
+    for _ in range(tries):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FspoError(f"{folder}: cannot write here: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise FspoError(f"{folder}: another fspo process is writing here (pid {holder})") from None
+        try:  # a failed first run may have removed the file we opened: then lock the new one
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise FspoError(f"{folder}: could not lock the output folder (it keeps being removed)")
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    """Undo creating ``folder`` when nothing but the lock file was written into it."""
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()
+    except OSError:
+        pass  # someone else is using it now; leave it
+
+
+# ---------------------------------------------------------------------------------------- datasets
 
 
 @dataclass
@@ -209,36 +501,22 @@ class PreferenceData:
 
 
 def load_data(path: str | Path, users_path: str | Path | None = None) -> PreferenceData:
-    """Load ``prefs.jsonl`` (or any accepted format) and its ``users.jsonl``.
+    """Load ``prefs.jsonl`` (or any accepted format) and its ``users.jsonl``; raise the first
+    :class:`DataError` (``fspo validate`` lists them all, with the same rules).
 
     ``path`` may be a folder holding ``prefs.jsonl`` (+ ``users.jsonl``), or a preferences file;
     a ``users.jsonl`` next to the file is picked up automatically.
     """
-    path = Path(path)
-    if path.is_dir() and (path / "prefs.jsonl").exists():
-        prefs_path = path / "prefs.jsonl"
-        users_path = users_path or (path / "users.jsonl" if (path / "users.jsonl").exists() else None)
-    else:
-        prefs_path = path
-        sibling = path.parent / "users.jsonl"
-        if users_path is None and not path.is_dir() and sibling.exists() and sibling != path:
-            users_path = sibling
-    prefs = read_preferences(prefs_path)
+    prefs_path = prefs_file_for(path)
+    users_path = users_path if users_path is not None else users_file_for(path)
+    prefs = _preferences(prefs_path)
     users: dict[str, UserProfile] = {}
     if users_path is not None:
         users = {u.user_id: u for u in read_users(users_path)}
-        for i, rec in enumerate(prefs, start=1):
-            if rec.user_id not in users:
-                raise DataError(str(prefs_path), i, "user_id", f"user {rec.user_id!r} is not in {users_path}")
-            user_split = users[rec.user_id].split
-            if user_split == "test" and rec.split == "train":
-                raise DataError(
-                    str(prefs_path),
-                    i,
-                    "split",
-                    f"user {rec.user_id!r} is held out (test) in {users_path} but this row is train",
-                )
-    return PreferenceData(prefs, users, str(prefs_path))
+        problems = check_against_users(prefs, users, prefs_path, users_path)
+        if problems:
+            raise problems[0]
+    return PreferenceData([rec for _, rec in prefs], users, str(prefs_path))
 
 
 def export_trl(records: Iterable[PreferenceRecord], path: str | Path) -> int:
