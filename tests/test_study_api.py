@@ -123,7 +123,8 @@ def test_participants_are_isolated(tmp_path) -> None:
     assert client.get("/api/state").status_code == 401
     assert client.get("/api/state", headers=bearer("guess")).status_code == 401
     assert client.post("/api/label", json={"position": 0, "choice": "left"}, headers=bearer("guess")).status_code == 401
-    assert client.get("/api/participants/1").status_code == 404
+    assert client.get("/api/participants/1").status_code == 401  # the token is checked first
+    assert client.get("/api/participants/1", headers=bearer(a)).status_code == 404
     # A cannot answer B's comparisons: it only ever addresses its own positions.
     run_participant(client, b)
     done_b = [r for r in store.comparison_rows() if r["participant_id"] == 2]

@@ -88,7 +88,7 @@ def admin_keys(args: argparse.Namespace) -> list[str]:
     return keys
 
 
-def _load(info, cache_users: int):
+def load_engine(info, cache_users: int):
     """The engine for ``info``, or a one-line error (a folder that is not a model, corrupt weights)."""
     from fspo.serve.personalize import Engine
 
@@ -126,7 +126,7 @@ def run_personalize(args: argparse.Namespace) -> int:
     _check_range("--seed", args.seed, 0, 2**63 - 1)
     info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
     user, shots = _user_shots(args.prefs, args.user)
-    engine = _load(info, cache_users=0)
+    engine = load_engine(info, cache_users=0)
     params = sampling(args.max_new_tokens, args.temperature, None, args.seed)
     out = engine.generate(user, shots, args.question, params, use_cache=False)
     if args.show_prompt:
@@ -152,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
     keys = admin_keys(args)
     info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
-    engine = _load(info, cache_users=args.cache_users)
+    engine = load_engine(info, cache_users=args.cache_users)
     app = create_app(engine, store, keys, model_name=args.name or args.model)
     print(
         f"fspo serve: {args.model} ({info.layout}, {info.n_shots} shots) on http://{args.host}:{sock.getsockname()[1]} "

@@ -84,7 +84,7 @@ def bearer_token(scope: dict) -> str | None:
     """The credential of ``Authorization: Bearer <token>`` (scheme case-insensitive), else None."""
     value = _header(scope, b"authorization") or ""
     scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def listen(host: str, port: int) -> socket.socket:

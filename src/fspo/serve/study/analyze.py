@@ -4,16 +4,22 @@ Ties are reported and excluded from the binomial test (the usual sign-test conve
 win rate with ties counted as half a win is reported too. Besides the Wilson interval (which
 treats comparisons as independent) a bootstrap over participants is given, because one
 participant's answers are correlated and the study's unit of replication is the person.
+
+Exported cells that a spreadsheet would run as a formula (model output included) get a ``'``
+prefix; reading a CSV back refuses what export could not have written, naming the line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from fspo.errors import FspoError
 
 EXPORT_FIELDS = [
     "participant_id",
@@ -28,6 +34,10 @@ EXPORT_FIELDS = [
     "personalized",
     "baseline",
 ]
+LABEL_FIELDS = ["participant_id", "position", "item", "question", "left_text", "right_text", "choice", "answered_at"]
+WINNERS = ("personalized", "baseline", "tie")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
@@ -120,17 +130,61 @@ def analyze(rows: Iterable[dict]) -> StudyResult:
 
 
 def read_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of a file written by ``fspo study export``, or a one-line error naming the line."""
+    rows = []
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames
+            if not fields:
+                raise FspoError(f"{path}: empty; expected a CSV written by 'fspo study export'")
+            missing = [k for k in ("participant_id", "winner") if k not in fields]
+            if missing:
+                raise FspoError(f"{path}: no {' or '.join(missing)} column; expected a file from 'fspo study export'")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row or None in row.values():
+                    raise FspoError(f"{where}: expected {len(fields)} fields like the header")
+                if row["winner"] not in ("", *WINNERS):
+                    raise FspoError(
+                        f"{where}: winner: expected one of {', '.join(WINNERS)} or empty, got {row['winner']!r}"
+                    )
+                if row["winner"] and not row["participant_id"].strip():
+                    raise FspoError(f"{where}: participant_id: empty")
+                rows.append(row)
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 1
+        raise FspoError(f"{path}:{line}: malformed CSV: {exc}") from None
+    except UnicodeDecodeError:
+        raise FspoError(f"{path}: not UTF-8 text; expected a CSV written by 'fspo study export'") from None
+    except OSError as exc:
+        raise FspoError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return rows
+
+
+def neutralize(value):
+    """A cell a spreadsheet will show, not run: text that starts like a formula gets a ``'`` prefix
+    (leading spaces and newlines are looked past, as some spreadsheets do)."""
+    if isinstance(value, str) and value and (value[0] in FORMULA_START or value.lstrip(" \n")[:1] in FORMULA_START):
+        return "'" + value
+    return value
 
 
 def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    """Write the rows atomically (a temp file next to ``path``, renamed; removed on failure)."""
+    from fspo.data.io import write_text_atomic
+
+    if Path(path).is_dir():
+        raise FspoError(f"{path}: is a folder; give a file name for the CSV")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: neutralize(v) for k, v in row.items()} for row in rows)
+    try:
+        write_text_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise FspoError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _pct(x: float | None) -> str:

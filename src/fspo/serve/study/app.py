@@ -4,13 +4,18 @@ Security model: the invite token is the participant's only credential (kept in a
 SameSite=Strict cookie after joining, or sent as a Bearer token by scripts). No route takes a
 participant id: every read and write is for the participant the token names, so nobody can see
 or answer another participant's items. Model text reaches the page only through ``textContent``,
-and a strict Content-Security-Policy forbids inline scripts as a second line of defence.
+and a strict Content-Security-Policy forbids inline scripts as a second line of defence. The
+token is checked, and the body bounded to 64 KB on the stream, before any body is read.
+
+Generation never parks a participant for good: a failure is noted and retried with backoff (and
+at once after a restart); the model and the fit of every question are checked before serving.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -20,10 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 
 from fspo.data.schema import PreferenceRecord
+from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
+from fspo.serve.live import BodyGuard, bearer_token
 from fspo.serve.study.config import StudyConfig
 from fspo.serve.study.store import Conflict, NotFound, Participant, StudyStore
 
@@ -33,6 +42,8 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+MAX_BODY_BYTES = 64_000
+RETRY_SECONDS = (5, 30, 120, 600)  # wait after the 1st, 2nd, 3rd, later failed generation
 log = logging.getLogger("fspo.study")
 
 
@@ -48,8 +59,39 @@ class CompareAnswer(BaseModel):
     choice: Literal["left", "right", "tie"]
 
 
+def load_engines(config: StudyConfig):
+    """The personalized and baseline engines for ``config``, checked to hold every compare question
+    with ``max_new_tokens``; a one-line error otherwise (the operator fixes it before anyone waits)."""
+    from fspo.data.prompts import ZEROSHOT
+    from fspo.data.runs import resolve_model
+    from fspo.serve.command import load_engine
+
+    engine = load_engine(resolve_model(config.model).for_serving(), cache_users=32)
+    base = config.baseline_model
+    baseline = (
+        load_engine(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
+        if base and base != config.model
+        else engine
+    )
+    for i, item in enumerate(config.compare):
+        for arm, eng, layout, given in (
+            ("personalized", engine, None, item.personalized),
+            ("baseline", baseline, ZEROSHOT.name, item.baseline),
+        ):
+            if given is None:
+                try:
+                    eng.render([], item.question, config.max_new_tokens, layout)
+                except FspoError as exc:
+                    raise FspoError(f"compare[{i}].question ({arm} model): {exc}") from None
+    return engine, baseline
+
+
 class AnswerGenerator:
-    """Fills a participant's comparison answers once they finish labeling (one model job at a time)."""
+    """Fills a participant's comparison answers once they finish labeling (one model job at a time).
+
+    A failure is recorded on the participant, who stays in ``generating``; the page keeps polling
+    and the next poll after a backoff retries. Backoff is in memory, so a restart retries at once.
+    """
 
     def __init__(self, store: StudyStore, config: StudyConfig, engine=None, baseline_engine=None) -> None:
         self.store = store
@@ -58,70 +100,85 @@ class AnswerGenerator:
         self._baseline = baseline_engine
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fspo-study-gen")
         self._inflight: set[int] = set()
+        self._failures: dict[int, int] = {}
+        self._retry_at: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     def engines(self):
         """Load the models on first need (a study with only pre-generated answers never loads one)."""
-        with self._lock:
+        with self._load_lock:
             if self._engine is None:
-                from fspo.data.runs import resolve_model
-                from fspo.serve.personalize import Engine
-
-                self._engine = Engine.load(resolve_model(self.config.model).for_serving())
-            if self._baseline is None:
-                base = self.config.baseline_model
-                if base and base != self.config.model:
-                    from fspo.data.prompts import ZEROSHOT
-                    from fspo.data.runs import resolve_model
-                    from fspo.serve.personalize import Engine
-
-                    self._baseline = Engine.load(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
-                else:
-                    self._baseline = self._engine
-            return self._engine, self._baseline
+                self._engine, self._baseline = load_engines(self.config)
+            return self._engine, self._baseline or self._engine
 
     def start(self, pid: int) -> None:
         """Generate now if nothing needs a model, else in the background (the page polls)."""
+        with self._lock:
+            if pid in self._inflight or time.monotonic() < self._retry_at.get(pid, 0.0):
+                return
+            self._inflight.add(pid)
         if not self.config.needs_model():
             self.run(pid)
             return
+        try:
+            self._pool.submit(self.run, pid)
+        except RuntimeError:  # shutting down: the next start (or a restart's resume) picks it up
+            with self._lock:
+                self._inflight.discard(pid)
+
+    def resume(self) -> int:
+        """Queue everyone left waiting (after a restart or a fixed model); returns how many."""
+        self.store.requeue_errors()
+        waiting = self.store.participants_in("generating")
+        for pid in waiting:
+            self.start(pid)
+        return len(waiting)
+
+    def delayed(self, pid: int) -> bool:
         with self._lock:
-            if pid in self._inflight:
-                return
-            self._inflight.add(pid)
-        self._pool.submit(self.run, pid)
+            return pid in self._failures
 
     def run(self, pid: int) -> None:
         try:
-            shots = []
-            for lab in self.store.labels(pid):
-                chosen, rejected = (
-                    (lab["left_text"], lab["right_text"])
-                    if lab["choice"] == "left"
-                    else (lab["right_text"], lab["left_text"])
-                )
-                shots.append(PreferenceRecord(f"participant-{pid}", lab["question"], chosen, rejected))
-            params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
-            for row in self.store.comparisons(pid):
-                if row["personalized"] is not None:
-                    continue
-                item = self.config.compare[row["item"]]
-                personalized, baseline, shots_used = item.personalized, item.baseline, None
-                if personalized is None or baseline is None:
-                    engine, base_engine = self.engines()
-                    if personalized is None:
-                        out = engine.generate(f"participant-{pid}", shots, item.question, params)
-                        personalized, shots_used = out.answer, out.shots_used
-                    if baseline is None:
-                        baseline = base_engine.baseline(item.question, params).answer
-                self.store.set_answers(pid, row["position"], personalized, baseline, shots_used)
+            self._fill(pid)
             self.store.set_status(pid, "compare")
-        except Exception as exc:  # recorded for the operator; the participant sees a neutral message
-            log.exception("generation failed for participant %s", pid)
-            self.store.set_status(pid, "error", f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self._failures.pop(pid, None)
+                self._retry_at.pop(pid, None)
+        except Exception as exc:  # noted for the operator and retried; the participant sees "preparing"
+            log.exception("generation failed for participant %s (will retry)", pid)
+            with self._lock:
+                n = self._failures[pid] = self._failures.get(pid, 0) + 1
+                self._retry_at[pid] = time.monotonic() + RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1]
+            self.store.note_failure(pid, f"{type(exc).__name__}: {exc}"[:2000])
         finally:
             with self._lock:
                 self._inflight.discard(pid)
+
+    def _fill(self, pid: int) -> None:
+        shots = []
+        for lab in self.store.labels(pid):
+            chosen, rejected = (
+                (lab["left_text"], lab["right_text"])
+                if lab["choice"] == "left"
+                else (lab["right_text"], lab["left_text"])
+            )
+            shots.append(PreferenceRecord(f"participant-{pid}", lab["question"], chosen, rejected))
+        params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
+        for row in self.store.comparisons(pid):
+            if row["personalized"] is not None:
+                continue
+            item = self.config.compare[row["item"]]
+            personalized, baseline, shots_used = item.personalized, item.baseline, None
+            if personalized is None or baseline is None:
+                engine, base_engine = self.engines()
+                if personalized is None:
+                    out = engine.generate(f"participant-{pid}", shots, item.question, params)
+                    personalized, shots_used = out.answer, out.shots_used
+                if baseline is None:
+                    baseline = base_engine.baseline(item.question, params).answer
+            self.store.set_answers(pid, row["position"], personalized, baseline, shots_used)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -139,13 +196,31 @@ def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
     app.state.generator = generator
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    def token_of(scope_or_request) -> str | None:
+        scope = scope_or_request if isinstance(scope_or_request, dict) else scope_or_request.scope
+        token = bearer_token(scope)
+        if token is None:
+            raw = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie").decode("latin-1")
+            token = cookie_parser(raw).get(COOKIE) if raw else None
+        return (token.strip() or None) if token else None
+
+    async def authorize(scope: dict) -> str | None:
+        """Runs before the body is read: every /api/ route needs a known invite token."""
+        if not scope.get("path", "").startswith("/api/"):
+            return None
+        token = token_of(scope)
+        if token is None:
+            return "not joined: open your invite link"
+        who = await run_in_threadpool(store.participant, token)
+        if who is None:
+            return "unknown invite token"
+        return None
+
+    app.add_middleware(BodyGuard, limit=MAX_BODY_BYTES, error=_error, authorize=authorize)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > 64_000:
-            response = _error(413, "request body too large")
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -167,10 +242,7 @@ def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
         return _error(exc.status_code, str(exc.detail))
 
     def current(request: Request) -> Participant:
-        token = request.cookies.get(COOKIE)
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
+        token = token_of(request)
         if not token:
             raise HTTPException(401, "not joined: open your invite link")
         who = store.participant(token)
@@ -230,11 +302,11 @@ def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
                 "progress": {"done": len(labels) - len(todo), "total": len(labels)},
                 "item": item,
             }
-        if who.status == "generating":
-            generator.start(who.id)  # resumes after a server restart; a no-op when already running
+        if who.status in ("generating", "error"):  # "error": written only by older versions
+            generator.start(who.id)  # resumes or retries; a no-op while running or backing off
             who = store.get(who.id)
-            if who.status == "generating":
-                return {**base, "phase": "generating"}
+            if who.status in ("generating", "error"):
+                return {**base, "phase": "generating", "delayed": who.error is not None or generator.delayed(who.id)}
         if who.status == "compare":
             rows = store.comparisons(who.id)
             todo = [r for r in rows if r["choice"] is None]

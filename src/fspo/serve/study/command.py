@@ -1,10 +1,17 @@
-"""``fspo study init|serve|export|analyze``: run a browser human study (docs/study.md)."""
+"""``fspo study init|serve|export|analyze``: run a browser human study (docs/study.md).
+
+Everything a participant could trip over is checked by the operator's command instead: ``init``
+and ``serve`` load the model and check that every compare question fits before anyone waits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from fspo.errors import FspoError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = ss.add_parser("serve", help="serve the study web app")
     s.add_argument("--db", required=True)
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=int, default=8080, help="0 to 65535 (0: any free port, printed at start)")
     s.set_defaults(func=run_serve)
 
     e = ss.add_parser("export", help="write the comparisons (and optionally labels) as CSV")
     e.add_argument("--db", required=True)
-    e.add_argument("--out", required=True, help="comparisons CSV")
-    e.add_argument("--labels-out", help="labels CSV")
+    e.add_argument("--out", required=True, help="comparisons CSV (cells that a spreadsheet would run get a ' prefix)")
+    e.add_argument("--labels-out", help="labels CSV (likewise)")
     e.set_defaults(func=run_export)
 
     a = ss.add_parser("analyze", help="win rate, exact binomial test and 95%% CIs")
@@ -46,9 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _open(db: str):
     """Open an existing study database (serve/export/analyze must not create an empty one)."""
-    from pathlib import Path
-
-    from fspo.errors import FspoError
     from fspo.serve.study.store import StudyStore
 
     if not Path(db).exists():
@@ -59,19 +63,23 @@ def _open(db: str):
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from fspo.errors import FspoError
     from fspo.serve.study.config import load_config
     from fspo.serve.study.store import StudyStore
 
     if args.participants < 0 or args.participants > 10_000:
         raise FspoError("--participants must be between 0 and 10000")
-    from pathlib import Path
-
     if not args.config and not Path(args.db).exists():
         raise FspoError(f"{args.db}: no study yet; pass --config to create it")
+    config = load_config(args.config) if args.config else None  # before any file is created
+    if config is not None and config.needs_model():
+        from fspo.serve.study.app import load_engines
+
+        load_engines(config)  # the model loads and every compare question fits, or a one-line error
     store = StudyStore(args.db)
-    if args.config:
-        store.set_config(load_config(args.config))
+    if config is not None:
+        changed = store.set_config(config)
+        if changed:
+            print(f"updated {', '.join(changed)}; restart 'fspo study serve' to use them", file=sys.stderr)
     config = store.config()
     tokens = store.invite(args.participants)
     print(f"study {config.title!r} in {args.db}: {len(tokens)} new invites", file=sys.stderr)
@@ -81,43 +89,45 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from fspo.serve.live import listen, run_server
+    from fspo.serve.study.app import create_app, load_engines
 
-    from fspo.serve.study.app import create_app
-
-    app = create_app(_open(args.db))
-    print(f"fspo study: http://{args.host}:{args.port}/ (participants join with their invite link)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    store = _open(args.db)
+    sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
+    config = store.config()
+    engine, baseline = load_engines(config) if config.needs_model() else (None, None)
+    app = create_app(store, engine, baseline)
+    waiting = app.state.generator.resume()
+    note = f"; generating answers for {waiting} waiting participants" if waiting else ""
+    port = sock.getsockname()[1]
+    print(f"fspo study: http://{args.host}:{port}/ (participants join with their invite link){note}", file=sys.stderr)
+    run_server(app, sock)
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fspo.serve.study.analyze import EXPORT_FIELDS, write_csv
+    from fspo.serve.study.analyze import EXPORT_FIELDS, LABEL_FIELDS, write_csv
 
+    if args.labels_out and Path(args.labels_out).absolute() == Path(args.out).absolute():
+        raise FspoError("--labels-out must differ from --out")
+    for target in filter(None, (args.out, args.labels_out)):  # both checked before either is written
+        if Path(target).is_dir() or target.endswith(("/", "\\")):
+            raise FspoError(f"{target}: is a folder; give a file name for the CSV")
     store = _open(args.db)
     rows = store.comparison_rows()
     write_csv(args.out, rows, EXPORT_FIELDS)
     print(f"wrote {len(rows)} comparison rows to {args.out}", file=sys.stderr)
     if args.labels_out:
         labels = store.label_rows()
-        write_csv(args.labels_out, labels, list(labels[0]) if labels else ["participant_id"])
+        write_csv(args.labels_out, labels, LABEL_FIELDS)
         print(f"wrote {len(labels)} label rows to {args.labels_out}", file=sys.stderr)
     return 0
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from fspo.errors import FspoError
     from fspo.serve.study.analyze import analyze, format_report, read_csv
 
-    if args.db:
-        rows = _open(args.db).comparison_rows()
-    else:
-        try:
-            rows = read_csv(args.csv)
-        except OSError as exc:
-            raise FspoError(f"{args.csv}: cannot read: {exc.strerror}") from None
-        if rows and "winner" not in rows[0]:
-            raise FspoError(f"{args.csv}: no 'winner' column; expected a file from 'fspo study export'")
+    rows = _open(args.db).comparison_rows() if args.db else read_csv(args.csv)
     result = analyze(rows)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
     return 0

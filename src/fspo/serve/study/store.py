@@ -4,6 +4,11 @@ Each participant's item order and answer sides are drawn at invite time from a s
 the study seed and the participant id, and stored, so what a participant saw is on record and
 reproducible. Answers are written with ``... WHERE choice IS NULL``: an answer is stored exactly
 once, and a repeated or concurrent post for the same item is a conflict, never an overwrite.
+Generated answers are written with ``... WHERE personalized IS NULL`` for the same reason: what a
+participant was shown is never replaced (two servers on one file cannot swap it).
+
+A failed generation leaves the participant in ``generating`` with the error noted, to be retried;
+``error`` is a status only older versions wrote, and :meth:`StudyStore.requeue_errors` undoes it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fspo.errors import FspoError
@@ -58,6 +63,12 @@ CREATE TABLE IF NOT EXISTS comparisons (
 """
 
 
+# Settings that only change how missing answers are generated: they may be fixed (a wrong model
+# path, say) as long as no answer was generated with the old ones. Everything else fixes what
+# participants are assigned and is never changed.
+GENERATION_KEYS = ("model", "baseline_model", "max_new_tokens")
+
+
 class Conflict(Exception):
     """The item was already answered."""
 
@@ -80,14 +91,44 @@ class StudyStore:
         self.db = Database(path, SCHEMA)
 
     # ---- config ----------------------------------------------------------------------------
-    def set_config(self, config: StudyConfig) -> None:
-        """Store the config on first use; refuse a different config later (answers would not match)."""
+    def set_config(self, config: StudyConfig) -> list[str]:
+        """Store the config on first use. Later, a config may differ from the stored one only in
+        :data:`GENERATION_KEYS` and only while nothing was generated (answers would not match);
+        returns the keys it changed."""
         with self.db.write() as con:
             row = con.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta(key, value) VALUES ('config', ?)", (config.to_json(),))
-            elif config_from_json(row["value"]).digest() != config.digest():
-                raise FspoError(f"{self.db.path}: holds a different study config; use a new --db for a new study")
+                return []
+            old = config_from_json(row["value"])
+            if old.digest() == config.digest():
+                return []
+            new_values, old_values = asdict(config), asdict(old)
+            changed = sorted(k for k in new_values if new_values[k] != old_values.get(k))
+            fixed = [k for k in changed if k not in GENERATION_KEYS]
+            if fixed:
+                raise FspoError(
+                    f"{self.db.path}: holds a different study config ({', '.join(fixed)} differ); "
+                    "use a new --db for a new study"
+                )
+            generated = self._generated(con, old)
+            if generated:
+                raise FspoError(
+                    f"{self.db.path}: {', '.join(changed)} cannot change: {generated} answers were already "
+                    "generated with the stored settings; use a new --db for a new study"
+                )
+            con.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config.to_json(),))
+        return changed
+
+    @staticmethod
+    def _generated(con, config: StudyConfig) -> int:
+        """How many comparison rows hold an answer that a model wrote (not pre-generated)."""
+        rows = con.execute("SELECT item FROM comparisons WHERE personalized IS NOT NULL").fetchall()
+        return sum(
+            1
+            for r in rows
+            if config.compare[r["item"]].personalized is None or config.compare[r["item"]].baseline is None
+        )
 
     def config(self) -> StudyConfig:
         rows = self.db.query("SELECT value FROM meta WHERE key = 'config'")
@@ -148,6 +189,16 @@ class StudyStore:
             if col:
                 con.execute(f"UPDATE participants SET {col} = ? WHERE id = ?", (time.time(), pid))
 
+    def note_failure(self, pid: int, error: str) -> None:
+        """Record why generating a participant's answers failed; they stay in ``generating`` for a retry."""
+        with self.db.write() as con:
+            con.execute("UPDATE participants SET error = ? WHERE id = ? AND status = 'generating'", (error, pid))
+
+    def requeue_errors(self) -> int:
+        """Put participants that an older version parked in ``error`` back in line for generation."""
+        with self.db.write() as con:
+            return con.execute("UPDATE participants SET status = 'generating' WHERE status = 'error'").rowcount
+
     def participants_in(self, status: str) -> list[int]:
         return [r["id"] for r in self.db.query("SELECT id FROM participants WHERE status = ?", (status,))]
 
@@ -187,7 +238,7 @@ class StudyStore:
         with self.db.write() as con:
             con.execute(
                 "UPDATE comparisons SET personalized = ?, baseline = ?, shots_used = ? "
-                "WHERE participant_id = ? AND position = ?",
+                "WHERE participant_id = ? AND position = ? AND personalized IS NULL",
                 (personalized, baseline, shots_used, pid, position),
             )
 

@@ -50,8 +50,9 @@ function render(state) {
     window.scrollTo(0, 0);
   } else if (state.phase === "generating") {
     setProgress(null);
+    $("wait-delayed").hidden = !state.delayed;
     show("view-wait");
-    pollTimer = setTimeout(load, 1000);
+    pollTimer = setTimeout(load, state.delayed ? 5000 : 1000);
   } else if (state.phase === "done") {
     setProgress(null);
     show("view-done");
