@@ -9,6 +9,13 @@
   the parse rule are below and in docs/evaluation.md.
 
 Both return one :class:`Verdict` per :class:`Comparison`, from the point of view of answer ``a``.
+
+Both apply the same **acceptability gate** first (:mod:`fspo.eval.acceptability`): an empty,
+echoing, template-leaking, degenerate or off-topic answer loses to an acceptable one, and two
+unacceptable answers tie, whatever their attributes or the LLM say; only pairs of acceptable
+answers are decided by the judge's own rule. The flags of both answers go into ``Verdict.detail``.
+The LLM judge still judges every pair (its flip rate and consistency counts describe the LLM on all
+pairs), and its own verdict stays in ``detail["judge_preference"]`` when the gate overrides it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fspo.errors import FspoError
+from fspo.eval.acceptability import Acceptability, assess, gate
 from fspo.eval.attributes import AXES, attribute_preference, match_count
 from fspo.llm.base import GenerationParams
 
@@ -27,7 +35,11 @@ JUDGES = ("attribute", "llm")
 
 @dataclass(frozen=True)
 class Comparison:
-    """Answer ``a`` (the method's) against answer ``b`` (the baseline's) for one user and question."""
+    """Answer ``a`` (the method's) against answer ``b`` (the baseline's) for one user and question.
+
+    ``flags_a``/``flags_b``: the answers' acceptability, computed by the caller with what it has
+    (shots, base-model NLL, calibrated thresholds); when None the judge computes it from the text
+    alone, with ``shots`` (the shots' answers shown in the prompt) for the verbatim-copy check."""
 
     user_id: str
     question: str
@@ -35,6 +47,14 @@ class Comparison:
     b: str
     description: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
+    flags_a: Acceptability | None = None
+    flags_b: Acceptability | None = None
+    shots: tuple[str, ...] = ()
+
+    def acceptability(self) -> tuple[Acceptability, Acceptability]:
+        fa = self.flags_a or assess(self.question, self.a, self.shots)
+        fb = self.flags_b or assess(self.question, self.b, self.shots)
+        return fa, fb
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,21 @@ class Verdict:
     detail: dict = field(default_factory=dict)
 
 
+def gated(it: Comparison, judge_preference: int, detail: dict) -> Verdict:
+    """The verdict after the acceptability gate: both answers' flags go into ``detail``."""
+    fa, fb = it.acceptability()
+    g = gate(fa, fb)
+    detail = detail | {
+        "acceptable_a": fa.acceptable,
+        "acceptable_b": fb.acceptable,
+        "flags_a": fa.to_dict(),
+        "flags_b": fb.to_dict(),
+        "gated": g is not None,
+        "judge_preference": judge_preference,
+    }
+    return Verdict(judge_preference if g is None else g, detail=detail)
+
+
 class Judge(Protocol):
     name: str
 
@@ -53,7 +88,9 @@ class Judge(Protocol):
 
 
 class AttributeJudge:
-    """The user's measurable attributes decide; one point per axis the answer expresses, more points win."""
+    """Acceptability first (:func:`gated`), then the user's measurable attributes: one point per axis
+    the answer expresses, more points win. ``detail["judge_preference"]`` is the attributes-only
+    verdict (the judge before issue 13)."""
 
     name = "attribute"
 
@@ -65,12 +102,8 @@ class AttributeJudge:
                     f"user {it.user_id!r} has no measurable attributes ({', '.join(AXES)}); "
                     "use --judge llm for this domain"
                 )
-            out.append(
-                Verdict(
-                    attribute_preference(it.attributes, it.a, it.b),
-                    detail={"match_a": match_count(it.attributes, it.a), "match_b": match_count(it.attributes, it.b)},
-                )
-            )
+            detail = {"match_a": match_count(it.attributes, it.a), "match_b": match_count(it.attributes, it.b)}
+            out.append(gated(it, attribute_preference(it.attributes, it.a, it.b), detail))
         return out
 
 
@@ -161,9 +194,8 @@ class LLMJudge:
         for i in range(n):
             v1, v2 = parse_verdict(texts[i]), parse_verdict(texts[n + i])
             pref, kind = combine_orders(v1, v2)
-            out.append(
-                Verdict(pref, flipped=kind == "flip", detail={"ab": v1, "ba": v2, "kind": kind, "raw": texts[i]})
-            )
+            v = gated(items[i], pref, {"ab": v1, "ba": v2, "kind": kind, "raw": texts[i]})
+            out.append(Verdict(v.preference, flipped=kind == "flip", detail=v.detail))
         return out
 
 
