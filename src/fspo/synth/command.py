@@ -108,7 +108,7 @@ def make_backends(args: argparse.Namespace) -> tuple[list, object | None]:
 
 def run_synth_command(args: argparse.Namespace) -> int:
     from fspo.synth.domain import load_domain
-    from fspo.synth.pipeline import SynthConfig, run_synth
+    from fspo.synth.pipeline import SynthConfig, check_config, run_synth
 
     domain = load_domain(args.domain)  # fail fast on a bad domain, before loading any model
     needs_model = (
@@ -119,7 +119,6 @@ def run_synth_command(args: argparse.Namespace) -> int:
     )
     if args.backend == "local" and not needs_model:
         args.backend = "none"  # templated reviews with attribute labels: no model to load
-    gens, judge = make_backends(args)
     cfg = SynthConfig(
         domain=args.domain,
         users=args.users,
@@ -138,6 +137,8 @@ def run_synth_command(args: argparse.Namespace) -> int:
         questions_file=args.questions_file,
         progress=not args.quiet,
     )
+    check_config(cfg)  # before loading any model
+    gens, judge = make_backends(args)
     result = run_synth(cfg, gens, judge)
     d, run = result["diagnostics"], result["run"]
     c = d["counts"]

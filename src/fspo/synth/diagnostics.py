@@ -14,7 +14,7 @@ import statistics
 from functools import lru_cache
 from pathlib import Path
 
-from fspo.data.io import write_text_atomic
+from fspo.data.io import open_atomic, write_text_atomic
 from fspo.errors import FspoError
 
 
@@ -80,13 +80,21 @@ def disagreement_matrix(labels: dict[str, dict[str, str]], users: list[str]) -> 
     return out
 
 
+def _save(fig, path: Path) -> None:
+    """Write a PNG atomically (a kill -9 never leaves half a plot); no timestamp, so resumes match."""
+    import matplotlib.pyplot as plt
+
+    with open_atomic(path, binary=True) as fh:
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def _plots(out_dir: Path, sims: list[float], users: list[str], matrix, ent_before, ent_after) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    meta = {"Software": None}
     files = []
     if sims:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -94,8 +102,7 @@ def _plots(out_dir: Path, sims: list[float], users: list[str], matrix, ent_befor
         ax.set_xlabel("cosine similarity (responses to one question)")
         ax.set_ylabel("pairs")
         fig.tight_layout()
-        fig.savefig(out_dir / "similarity_hist.png", dpi=100, metadata=meta)
-        plt.close(fig)
+        _save(fig, out_dir / "similarity_hist.png")
         files.append("similarity_hist.png")
     if users:
         grid = [[float("nan") if x is None else x for x in row] for row in matrix]
@@ -105,8 +112,7 @@ def _plots(out_dir: Path, sims: list[float], users: list[str], matrix, ent_befor
         ax.set_yticks(range(len(users)), users, fontsize=6)
         fig.colorbar(im, ax=ax, label="disagreement")
         fig.tight_layout()
-        fig.savefig(out_dir / "disagreement_heatmap.png", dpi=100, metadata=meta)
-        plt.close(fig)
+        _save(fig, out_dir / "disagreement_heatmap.png")
         files.append("disagreement_heatmap.png")
         fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(users)), 3))
         xs = range(len(users))
@@ -116,8 +122,7 @@ def _plots(out_dir: Path, sims: list[float], users: list[str], matrix, ent_befor
         ax.set_ylabel("label entropy (nats)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "entropy_per_user.png", dpi=100, metadata=meta)
-        plt.close(fig)
+        _save(fig, out_dir / "entropy_per_user.png")
         files.append("entropy_per_user.png")
     return files
 

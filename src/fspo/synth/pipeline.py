@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fspo.data.io import write_jsonl, write_text_atomic
-from fspo.data.schema import PreferenceRecord, UserProfile
+from fspo.data.io import lock_output, write_jsonl, write_text_atomic
+from fspo.data.schema import PreferenceRecord, UserProfile, same_answer
 from fspo.data.splits import assign_splits, split_users
 from fspo.errors import FspoError
 from fspo.eval.attributes import AXES
@@ -93,7 +93,7 @@ def select_pairs(
                 a, b = resp[i], resp[j]
                 if cares and all(a["steer"].get(x) == b["steer"].get(x) for x in cares):
                     continue
-                if a["text"].strip() == b["text"].strip():
+                if same_answer(a["text"], b["text"]):  # a pair validation would refuse
                     continue
                 out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
                 if out is not None and out.label == 0:
@@ -148,8 +148,27 @@ def _winner_labels(domain: Domain, pairs, outcomes, users: list[UserProfile]) ->
     return labels
 
 
+def check_config(cfg: SynthConfig) -> None:
+    """Refuse out-of-range settings before any model is loaded or any file written."""
+    if cfg.users < 1 or cfg.questions < 1:
+        raise FspoError("--users and --questions must be at least 1")
+    for name, value in (("--heldout-users", cfg.heldout_users), ("--heldout-questions", cfg.heldout_questions)):
+        if not 0.0 <= value < 1.0:  # also refuses nan
+            raise FspoError(f"{name} must be a fraction in [0, 1), got {value}")
+
+
 def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
-    """Run the pipeline; ``llms`` generate (an ensemble when several), ``judge_llm`` labels (default llms[0])."""
+    """Run the pipeline; ``llms`` generate (an ensemble when several), ``judge_llm`` labels (default llms[0]).
+
+    Holds the lock on ``cfg.out`` throughout: a second run on the same folder fails at once instead
+    of mixing its files (or its call cache) with this one's.
+    """
+    check_config(cfg)
+    with lock_output(cfg.out):
+        return _run_synth(cfg, llms, judge_llm)
+
+
+def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     domain = load_domain(cfg.domain)
@@ -159,8 +178,6 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
         domain.responses["source"] = cfg.responses
     if domain.response_source == "templates" and not domain.templates:
         raise FspoError(f"{domain.path}: templates: response source 'templates' needs a templates section")
-    if cfg.users < 1 or cfg.questions < 1:
-        raise FspoError("--users and --questions must be at least 1")
     if domain.labeler == "attribute" and not set(domain.axes) & set(AXES):
         raise FspoError(
             f"{domain.path}: labeler: 'attribute' needs a measurable axis ({', '.join(AXES)}); "
