@@ -165,7 +165,7 @@ def test_unsupported_attention_falls_back(pairs, monkeypatch):
     monkeypatch.setattr(packing, "collate_shared_prefix", lambda *a, **k: called.append(1))
     monkeypatch.setattr(packing, "supports_shared_prefix", lambda m: False)
     with torch.no_grad():
-        got = packed_pair_logps(model, pairs, tok.pad_token_id, "mean", "cpu")
+        got = pair_logps(model, pairs, tok.pad_token_id, "mean", "cpu", shared_prefix=True)
     assert not called
     torch.testing.assert_close(got[0], want[0])
     assert not supports_shared_prefix(object())

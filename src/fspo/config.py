@@ -280,21 +280,28 @@ def _default_text(f: dataclasses.Field) -> str:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str] | None = None) -> None:
     """``--config FILE.yaml``, one ``--section.field`` flag per leaf option (plus short aliases,
     all unset by default so YAML values survive), and trailing ``section.field=value`` overrides.
-    A boolean flag alone means true (``--lora``); ``--lora false`` turns it off."""
+
+    A boolean flag alone means true (``--lora``); ``--lora false`` turns it off. An alias whose
+    target starts with ``!`` is a flag that sets that boolean to false (``{"quiet": "!progress"}``).
+    List and map options may be repeated (``--method-model a=x --method-model b=y``)."""
     aliases = aliases or {}
     reverse: dict[str, list[str]] = {}
     for alias, target in aliases.items():
         reverse.setdefault(target, []).append(alias)
     parser.add_argument("--config", default=None, metavar="FILE.yaml", help="options from a YAML file")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, f, tp in iter_leaves(cls):
+
+    def group_of(name: str) -> argparse._ArgumentGroup:
         section = name.split(".")[0] if "." in name else "run"
-        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        return groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+
+    def kebab(flag: str) -> list[str]:
+        return [f"--{flag}"] + ([f"--{flag.replace('_', '-')}"] if "_" in flag else [])
+
+    for name, f, tp in iter_leaves(cls):
+        flags = kebab(name)
         for alias in reverse.get(name, []):
-            flags.insert(0, f"--{alias}")
-            if "_" in alias:
-                flags.insert(1, f"--{alias.replace('_', '-')}")
+            flags = kebab(alias) + flags
         leaf = _leaf_type(tp)
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "")
@@ -303,15 +310,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: di
         if "(default:" not in help_text:  # a help text may say its default in words ("default: lr")
             help_text += f" (default: {_default_text(f)})"
         help_text = help_text.replace("%", "%%")
-        extra: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "BOOL"} if leaf is bool else {}
-        if not extra:
-            extra["metavar"] = _type_name(tp).upper().replace(" ", "_")
-        group.add_argument(*flags, dest=f"cfg:{name}", default=None, help=help_text, **extra)
+        extra: dict[str, Any] = {"metavar": _type_name(tp).upper().replace(" ", "_")}
+        if leaf is bool:
+            extra = {"nargs": "?", "const": "true", "metavar": "BOOL"}
+        elif typing.get_origin(leaf) in (list, dict):
+            extra["action"] = "append"
+        group_of(name).add_argument(*flags, dest=f"cfg:{name}", default=None, help=help_text, **extra)
+        for alias in reverse.get(f"!{name}", []):
+            group_of(name).add_argument(
+                *kebab(alias), dest=f"cfg:{name}", action="store_const", const="false", help=f"same as --{name} false"
+            )
     parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="dotted overrides")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
+    out = {
+        k[4:]: ",".join(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if k.startswith("cfg:") and v is not None
+    }
     for item in getattr(args, "overrides", None) or []:
         if "=" not in item:
             raise FspoError(f"override {show(item)}: expected section.field=value")

@@ -157,7 +157,6 @@ def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> d
             users=plan.eval_users,
             queries=plan.eval_queries,
             max_new_tokens=plan.max_new_tokens,
-            max_length=plan.max_length + plan.max_new_tokens,
             seed=seed,
             out=str(out / "eval"),
             progress=progress,

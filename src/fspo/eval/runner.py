@@ -13,46 +13,11 @@ call is cached in ``OUT/cache.sqlite``: a rerun with the same settings replays, 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fspo.errors import FspoError
+from fspo.eval.config import EvalConfig
 from fspo.eval.methods import METHODS, assign_models, layout_warnings, parse_methods
-
-
-@dataclass
-class EvalConfig:
-    data: str = "examples/reviews"
-    methods: list[str] = field(default_factory=lambda: ["base", "fewshot", "fspo-ipo"])
-    model: str | None = None  # trained model / run folder for every trained row without its own
-    method_models: dict[str, str] = field(default_factory=dict)  # e.g. {"prefft": "runs/p"}
-    base_model: str | None = None  # default: the run's base model, else "smollm2"
-    baseline: str = "base"
-    shots: int | None = None  # N for generation (default: the run's N, else 4)
-    shots_curve: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
-    judge: str = "attribute"  # attribute | llm
-    judge_model: str | None = None  # llm judge: scripted | tiny | smollm2 | DIR | http(s)://host/v1#model
-    users: int = 0  # held-out users to evaluate (0 = all), evenly spread
-    queries: int = 0  # queries per user (0 = all)
-    reward_accuracy: bool = True
-    heldout_questions: bool = True  # also score held-out questions of training users (split=test rows)
-    reward_reduction: str = "mean"  # for untrained models' log-likelihood comparison
-    max_new_tokens: int = 64
-    max_length: int | None = None  # tokens per sequence, prompt + answer (default: the trained model's budget)
-    batch_size: int = 8
-    n_boot: int = 2000
-    ci_level: float = 0.95
-    bootstrap_unit: str = "user"  # user (cluster bootstrap) | query
-    seed: int = 0
-    out: str = "eval"
-    progress: bool = True
-    judge_backend: Any = field(default=None, repr=False)  # Python API: any Backend for the llm judge
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("judge_backend")
-        return d
 
 
 def _say(cfg: EvalConfig, msg: str) -> None:
@@ -60,11 +25,11 @@ def _say(cfg: EvalConfig, msg: str) -> None:
         print(msg, flush=True)
 
 
-def _judge_backend(cfg: EvalConfig, pool, cache):
+def _judge_backend(cfg: EvalConfig, pool, cache, backend=None):
     from fspo.llm.cache import CachedBackend
 
-    if cfg.judge_backend is not None:
-        return CachedBackend(cfg.judge_backend, cache, progress=cfg.progress)
+    if backend is not None:
+        return CachedBackend(backend, cache, progress=cfg.progress)
     spec = cfg.judge_model
     if not spec:
         raise FspoError("--judge llm needs --judge-model (scripted | smollm2 | DIR | http://host:port/v1#model)")
@@ -126,8 +91,9 @@ def _attribute_match(users: dict, gens) -> dict | None:
     return {"all": sum(all_ok) / len(all_ok), "axes": {a: sum(v) / len(v) for a, v in per_axis.items()}}
 
 
-def run_eval(cfg: EvalConfig) -> dict:
-    """Run the evaluation described by ``cfg``; write OUT/eval.json, report.md, PNGs; return the result."""
+def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
+    """Run the evaluation described by ``cfg``; write OUT/eval.json, report.md, PNGs; return the result.
+    ``judge_backend``: any text backend for the LLM judge (Python API), instead of ``judge_model``."""
     from fspo.data.io import load_data, write_jsonl
     from fspo.eval.generate import ModelPool, generate_method, open_cache, select_episodes
     from fspo.eval.judges import AttributeJudge, Comparison, LLMJudge, verdict_kinds
@@ -136,10 +102,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
-    if cfg.judge not in ("attribute", "llm"):
-        raise FspoError(f"--judge must be attribute or llm, got {cfg.judge!r}")
-    if cfg.bootstrap_unit not in ("user", "query"):
-        raise FspoError(f"bootstrap unit must be user or query, got {cfg.bootstrap_unit!r}")
     methods = parse_methods(cfg.methods)
     notes: list[str] = []
     if cfg.baseline not in METHODS:
@@ -264,7 +226,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     # 3. Judge every method against the baseline on the same queries.
     t = time.perf_counter()
-    judge = AttributeJudge() if cfg.judge == "attribute" else LLMJudge(_judge_backend(cfg, pool, cache))
+    judge = AttributeJudge() if cfg.judge == "attribute" else LLMJudge(_judge_backend(cfg, pool, cache, judge_backend))
     win: dict[str, dict] = {}
     kinds: dict[str, dict] = {}
     comparisons_out = []

@@ -45,18 +45,6 @@ def apply_stops(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-@runtime_checkable
-class ChoiceScorer(Protocol):
-    """Optional: backends that can score fixed continuations (e.g. " A" vs " B") by log-probability.
-
-    A log-prob verdict cannot be unparseable, so judges prefer it where a backend offers it.
-    """
-
-    def choice_logprobs(
-        self, prompts: Sequence[Prompt], choices: Sequence[str], prefix: str = ""
-    ) -> list[list[float]]: ...
-
-
 def prompt_text(prompt: Prompt) -> str:
     """A flat text view of a prompt (for rule-based backends and logging)."""
     if isinstance(prompt, str):

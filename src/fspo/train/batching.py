@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fspo.data.truncation import TokenizedPair
+from fspo.train import packing
 from fspo.train.losses import reduce_logps, token_logps
 
 
@@ -92,10 +93,8 @@ def pair_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: st
     Only the tokens where the two completions differ are scored (:meth:`TokenizedPair.preference_view`).
     """
     pairs = [p.preference_view() for p in pairs]
-    if shared_prefix:
-        from fspo.train.packing import packed_pair_logps
-
-        return packed_pair_logps(model, pairs, pad_id, reduction, device)
+    if shared_prefix and packing.supports_shared_prefix(model):
+        return packing.packed_pair_logps(model, pairs, pad_id, reduction, device)
     batch = collate_pairs(pairs, pad_id).to(device)
     return split_pair_logps(completion_logps(model, batch, reduction))
 

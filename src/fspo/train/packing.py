@@ -198,14 +198,8 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean"
 def packed_pair_logps(
     model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, layout: str = DEFAULT_LAYOUT
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) reduced log-probs with the prompt computed once per pair.
-
-    Falls back to the separate-rows path when the attention implementation cannot take a 4D mask.
-    """
-    if not supports_shared_prefix(model):
-        from fspo.train.batching import collate_pairs, completion_logps, split_pair_logps
-
-        batch = collate_pairs(pairs, pad_id).to(device)
-        return split_pair_logps(completion_logps(model, batch, reduction))
+    """(chosen, rejected) reduced log-probs with the prompt computed once per pair. Needs an
+    attention implementation that takes a 4D mask (:func:`supports_shared_prefix`);
+    :func:`fspo.train.batching.pair_logps` falls back to separate rows otherwise."""
     batch = collate_shared_prefix(pairs, pad_id, layout).to(device)
     return shared_prefix_logps(model, batch, reduction)
