@@ -6,7 +6,7 @@ import pytest
 
 from fspo.errors import FspoError
 from fspo.eval.acceptability import Calibration, assess
-from fspo.eval.attributes import attribute_preference, match_count
+from fspo.data.attributes import attribute_preference, match_count
 from fspo.eval.judges import (
     AttributeJudge,
     Comparison,

@@ -65,7 +65,7 @@ def test_choice_logprobs_cached(tmp_path):
 
 
 def test_scripted_steering_expresses_attributes():
-    from fspo.eval.attributes import measure
+    from fspo.data.attributes import measure
 
     llm = ScriptedBackend()
     pos, neg = llm.generate(

@@ -8,7 +8,7 @@ import pytest
 
 from fspo.cli import main
 from fspo.data.io import load_data, validate_file
-from fspo.eval.attributes import attribute_preference, measure
+from fspo.data.attributes import attribute_preference, measure
 from fspo.synth.judge import attribute_outcome, binary_entropy, length_rule, parse_verdict
 
 

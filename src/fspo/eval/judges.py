@@ -1,7 +1,7 @@
 """Pairwise judges for personalized answers: which of two answers would *this* user prefer?
 
 - :class:`AttributeJudge`: deterministic and free. The user's hidden, measurable attributes
-  (sentiment, length, reading level; see :mod:`fspo.eval.attributes`) decide. Symmetric by
+  (sentiment, length, reading level; see :mod:`fspo.data.attributes`) decide. Symmetric by
   construction, so it never flips with the order.
 - :class:`LLMJudge`: any text backend, conditioned on the user's free-text description. Each pair
   is judged in both orders; a verdict counts only when both orders agree, otherwise the pair is
@@ -27,7 +27,7 @@ from typing import Protocol
 
 from fspo.errors import FspoError
 from fspo.eval.acceptability import Acceptability, assess, gate
-from fspo.eval.attributes import AXES, attribute_preference, match_count
+from fspo.data.attributes import AXES, attribute_preference, match_count
 from fspo.llm.base import GenerationParams
 
 JUDGES = ("attribute", "llm")

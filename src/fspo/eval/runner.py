@@ -74,7 +74,7 @@ def _eval_users(cfg: EvalConfig, data, infos) -> tuple[list[str], list[str]]:
 
 
 def _attribute_match(users: dict, gens) -> dict | None:
-    from fspo.eval.attributes import AXES, matches
+    from fspo.data.attributes import AXES, matches
 
     per_axis: dict[str, list[bool]] = {}
     all_ok = []

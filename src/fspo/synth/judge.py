@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fspo.eval.attributes import AXES, Measurement, measure
+from fspo.data.attributes import AXES, Measurement, measure
 from fspo.llm.base import GenerationParams, Message
 
 LENGTH_WORDS = re.compile(r"\b(length|long|short|brief|concise|verbose|detailed|wordy|terse|succinct)\b", re.I)
@@ -117,7 +117,7 @@ def _measured(text: str) -> Measurement:
 def attribute_outcome(attributes: dict[str, str], first: str, second: str) -> Outcome:
     """The attribute judge as a labeler: exact, order-free; ties are undecided.
 
-    Same rule as ``fspo.eval.attributes.attribute_preference`` (one point per measurable axis on which a
+    Same rule as ``fspo.data.attributes.attribute_preference`` (one point per measurable axis on which a
     response expresses the user's value), with measurements memoized: every user labels every shared pair.
     """
     measurable = {a: v for a, v in attributes.items() if a in AXES}

@@ -12,7 +12,7 @@ import random
 import re
 from collections import Counter
 
-from fspo.eval.attributes import AXES, measure
+from fspo.data.attributes import AXES, measure
 from fspo.llm.base import GenerationParams
 from fspo.synth.domain import Domain
 from fspo.synth.views import list_views
