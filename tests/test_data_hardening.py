@@ -345,8 +345,18 @@ def test_synth_refuses_while_the_folder_is_locked(tmp_path, capsys):
     assert not (tmp_path / "out" / "prefs.jsonl").exists()
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail if synth gets as far as loading a model (its checks must come first)."""
+
+    def refuse(args):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("fspo.synth.command.make_backends", refuse)
+
+
 @pytest.mark.parametrize("fraction", ["1.0", "1.5", "-0.1", "nan"])
-def test_synth_heldout_fraction_out_of_range(tmp_path, capsys, fraction):
+def test_synth_heldout_fraction_out_of_range(tmp_path, capsys, fraction, no_model):
     assert main([*SYNTH, "--out", str(tmp_path / "out"), "--heldout-users", fraction]) == 2
     assert (
         capsys.readouterr().err
@@ -355,18 +365,21 @@ def test_synth_heldout_fraction_out_of_range(tmp_path, capsys, fraction):
     assert not (tmp_path / "out").exists()
 
 
-def test_synth_out_is_a_file(tmp_path, capsys):
+def test_synth_out_is_a_file(tmp_path, capsys, no_model):
     (tmp_path / "f").write_text("x")
     assert main([*SYNTH, "--no-embed", "--out", str(tmp_path / "f")]) == 2
     assert capsys.readouterr().err == f"fspo synth: error: {tmp_path / 'f'}: exists and is not a folder\n"
+    assert main([*SYNTH, "--no-embed", "--out", str(tmp_path / "f" / "sub")]) == 2
+    assert capsys.readouterr().err == (
+        f"fspo synth: error: {tmp_path / 'f' / 'sub'}: cannot create the output folder: {tmp_path / 'f'} is not a folder\n"
+    )
 
 
 def test_synth_out_unwritable(tmp_path):
     tmp_path.chmod(0o555)
-    run = _cli_as_other_user(*SYNTH, "--no-embed", "--out", str(tmp_path / "out"))
-    assert run.returncode == 2 and run.stderr == (
-        f"fspo synth: error: {tmp_path / 'out'}: cannot create the output folder: Permission denied\n"
-    )
+    for out, action in [(tmp_path / "out", "cannot create the output folder"), (tmp_path, "cannot write here")]:
+        run = _cli_as_other_user(*SYNTH, "--no-embed", "--out", str(out))
+        assert run.returncode == 2 and run.stderr == f"fspo synth: error: {out}: {action}: Permission denied\n"
 
 
 def test_synth_pngs_are_written_atomically(tmp_path, monkeypatch):

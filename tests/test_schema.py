@@ -81,6 +81,8 @@ def _row(**fields):
         (_row(meta={"score": float("nan")}), "meta.score", "nan is not a finite number"),
         (_row(meta={"x": [1, float("inf")]}), "meta.x[1]", "inf is not a finite number"),
         (_row(meta=[]), "meta", "expected an object, got list"),
+        (_row(meta={"a": {"\udc80": 1}}), "meta.a", "unpaired UTF-16 surrogate"),
+        (_row(meta={1: "x"}), "meta", "key 1 is not a string"),
         (_row(meta={"raw": b"bytes"}), "meta.raw", "bytes is not a JSON value"),
         (_row(split=["train"]), "split", "must be one of"),
         ({"scorer_level": True, "prompt": "q", "response_x": "x", "response_y": "y", "label": 0}, "scorer_level", ""),

@@ -413,6 +413,20 @@ def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+def check_output_folder(folder: str | Path) -> None:
+    """Refuse, before any expensive work, an output folder that is a file or cannot be written
+    (the same messages :func:`lock_output` gives later)."""
+    folder = Path(folder)
+    if _exists(folder) and not _is_dir(folder):
+        raise FspoError(f"{folder}: exists and is not a folder")
+    existing = next((p for p in (folder, *folder.absolute().parents) if _exists(p)), None)
+    if existing is not None and not _is_dir(existing):
+        raise FspoError(f"{folder}: cannot create the output folder: {existing} is not a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        action = "cannot write here" if existing == folder else "cannot create the output folder"
+        raise FspoError(f"{folder}: {action}: Permission denied")
+
+
 @contextmanager
 def lock_output(folder: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder (created if needed) while writing into it.

@@ -180,6 +180,10 @@ def _json_value(value: Any, path: str, line: int | None, key: str) -> None:
         if depth > MAX_NESTING:
             raise DataError(path, line, where, f"nested deeper than {MAX_NESTING} levels")
         if isinstance(item, dict):
+            for k in item:
+                if not isinstance(k, str):
+                    raise DataError(path, line, where, f"key {show(k)} is not a string")
+                _check_unicode(k, path, line, where)
             stack += [(v, f"{where}.{k}", depth + 1) for k, v in item.items()]
         elif isinstance(item, list):
             stack += [(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fspo.data.io import lock_output, write_jsonl, write_text_atomic
+from fspo.data.io import check_output_folder, lock_output, write_jsonl, write_text_atomic
 from fspo.data.schema import PreferenceRecord, UserProfile, same_answer
 from fspo.data.splits import assign_splits, split_users
 from fspo.errors import FspoError
@@ -155,6 +155,7 @@ def check_config(cfg: SynthConfig) -> None:
     for name, value in (("--heldout-users", cfg.heldout_users), ("--heldout-questions", cfg.heldout_questions)):
         if not 0.0 <= value < 1.0:  # also refuses nan
             raise FspoError(f"{name} must be a fraction in [0, 1), got {value}")
+    check_output_folder(cfg.out)
 
 
 def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
