@@ -18,11 +18,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fspo.data.attributes import AXES
 from fspo.data.io import check_output_folder, lock_output, write_jsonl, write_text_atomic
 from fspo.data.schema import PreferenceRecord, UserProfile, same_answer
 from fspo.data.splits import assign_splits, split_users
 from fspo.errors import FspoError
-from fspo.data.attributes import AXES
 from fspo.llm.cache import CachedBackend, CallCache
 from fspo.synth import diagnostics as diag_mod
 from fspo.synth.domain import Domain, load_domain
