@@ -229,6 +229,35 @@ def test_chat_text_parts_are_joined(client) -> None:
     assert "Recommend\na book." in prompt
 
 
+@pytest.mark.parametrize(
+    "path, raw",
+    [
+        (
+            "/v1/chat/completions",
+            b'{"user": "a", "messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"user": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+        ),
+        ("/v1/chat/completions", b'{"model": "\\ud800", "user": "a", "messages": [{"role": "user", "content": "hi"}]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "' + b"m" * 300 + b'", "user": "a", "messages": [{"role": "user", "content": "hi"}]}',
+        ),
+        ("/v1/users/a/generate", b'{"question": "\\ud800 hi", "max_new_tokens": 2}'),
+        (
+            "/v1/users/a/preferences",
+            b'{"preferences": [{"prompt": "p", "chosen": "a", "rejected": "b", "\\ud800": 1}]}',
+        ),
+    ],
+)
+def test_lone_surrogates_are_422_not_500(client, path, raw) -> None:
+    r = client.post(path, content=raw, headers={**auth(), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("pref_id", ["0", "-1", str(2**63), str(2**64), "9" * 30, "9" * 5000])
 def test_preference_id_out_of_range_is_404(client, pref_id) -> None:
     r = client.delete(f"/v1/users/alice/preferences/{pref_id}", headers=auth())

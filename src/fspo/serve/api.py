@@ -23,11 +23,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
 
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
-from fspo.serve.live import BodyGuard, bearer_token
+from fspo.serve.live import BodyGuard, ErrorJSONResponse, bearer_token
 from fspo.serve.personalize import Engine
 from fspo.serve.users import TooManyPreferences, UserStore
 
@@ -85,6 +84,15 @@ class GenerateRequest(BaseModel):
     return_prompt: bool = False
 
 
+def _check_unicode(text: str) -> str:
+    """Refuse a lone surrogate ("\\ud800" in JSON): the tokenizer and the response encoder fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return text
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
@@ -93,19 +101,23 @@ class ChatMessage(BaseModel):
     @classmethod
     def _text_parts(cls, content):
         """A text part must carry a string (``{"type": "text", "text": null}`` is not the question "None")."""
+        texts = [content] if isinstance(content, str) else []
         if isinstance(content, list):
             for i, part in enumerate(content):
                 if not isinstance(part.get("type"), str):
                     raise ValueError(f"part {i}: needs a string 'type'")
                 if part["type"] == "text" and not isinstance(part.get("text"), str):
                     raise ValueError(f"part {i}: a text part needs a string 'text'")
+                texts += [part["text"]] if part["type"] == "text" else []
+        for text in texts:
+            _check_unicode(text)
         return content
 
 
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat completions request that applies; unknown fields are ignored."""
 
-    model: str = ""
+    model: str = Field("", max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     user: str | None = Field(None, pattern=USER_ID_PATTERN, min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=1024)
@@ -128,11 +140,11 @@ class Principal(BaseModel):
 ERROR_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 
 
-def _error(status: int, message: str, detail: Any = None) -> JSONResponse:
+def _error(status: int, message: str, detail: Any = None) -> ErrorJSONResponse:
     kind = ERROR_KINDS.get(status, "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "code": status}, "detail": detail or message}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorJSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(errors: list[dict]) -> str:

@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+
+from starlette.responses import JSONResponse
 
 from fspo.errors import FspoError
 
@@ -71,6 +74,14 @@ class BodyGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message can quote user input, and a lone surrogate
+    from a JSON body (``"\\ud800"``) cannot be encoded as UTF-8 (a 500 while reporting a 422)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _header(scope: dict, name: bytes) -> str | None:

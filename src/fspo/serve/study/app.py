@@ -22,7 +22,7 @@ from typing import Literal
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +32,7 @@ from starlette.requests import cookie_parser
 from fspo.data.schema import PreferenceRecord
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
-from fspo.serve.live import BodyGuard, bearer_token
+from fspo.serve.live import BodyGuard, ErrorJSONResponse, bearer_token
 from fspo.serve.study.config import StudyConfig
 from fspo.serve.study.store import Conflict, NotFound, Participant, StudyStore
 
@@ -184,8 +184,8 @@ class AnswerGenerator:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str) -> ErrorJSONResponse:
+    return ErrorJSONResponse({"error": message}, status_code=status)
 
 
 def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
