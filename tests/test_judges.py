@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from fspo.data.attributes import attribute_preference, match_count
 from fspo.errors import FspoError
 from fspo.eval.acceptability import Calibration, assess
-from fspo.data.attributes import attribute_preference, match_count
-from fspo.eval.judges import (
-    AttributeJudge,
-    Comparison,
-    LLMJudge,
-    combine_orders,
-    judge_prompt,
-    parse_verdict,
-    verdict_kinds,
-)
+from fspo.eval.judges import AttributeJudge, Comparison, LLMJudge, verdict_kinds
 from fspo.llm.base import prompt_text
+from fspo.llm.pairwise import combine_orders, flatten, judge_messages, parse_verdict
 
 POS_SHORT = "A wonderful, delightful film. I loved it."
 NEG_LONG = (
@@ -109,8 +102,9 @@ def test_llm_judge_runs_both_orders_and_agrees():
     assert not any(x.flipped for x in v)
     assert len(backend.prompts) == 4  # both orders of both pairs
     text = prompt_text(backend.prompts[0])
-    assert "User description: This user prefers positive and concise reviews." in text
-    assert "Question: Write a review of the film." in text
+    assert "User description:\nThis user prefers positive and concise reviews." in text
+    assert "Question:\nWrite a review of the film." in text
+    assert "mentions length" in text  # the length rule follows the description
 
 
 def test_llm_judge_position_bias_becomes_ties_and_flips():
@@ -142,8 +136,8 @@ def test_llm_judge_with_project_scripted_backend():
 
 
 def test_judge_prompt_fills_empty_answers():
-    text = judge_prompt("desc", "q?", "", "b")
-    assert "Response A: (empty)" in text and text.rstrip().endswith('"Verdict: TIE".')
+    text = flatten(judge_messages("desc", "q?", "", "b", allow_tie=True))
+    assert "Response A:\n(empty)" in text and text.rstrip().endswith('"Verdict: TIE".')
 
 
 # --- the acceptability gate (issue 13) ------------------------------------------------------------

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from fspo.cli import main
-from fspo.data.io import load_data, validate_file
 from fspo.data.attributes import attribute_preference, measure
-from fspo.synth.judge import attribute_outcome, binary_entropy, length_rule, parse_verdict
+from fspo.data.io import load_data, validate_file
+from fspo.llm.pairwise import length_rule, parse_verdict
+from fspo.synth.judge import attribute_outcome, binary_entropy
 
 
 def synth(tmp_path, *extra, name="out"):
@@ -207,6 +208,7 @@ def test_verdict_parsing_is_strict():
     assert parse_verdict("verdict: b.") == "B"
     for bad in ("A", "Verdict: A\nmore text", "Verdict: A or B", "I pick Response A", "", "Verdict: C"):
         assert parse_verdict(bad) is None, bad
+    assert parse_verdict("Verdict: TIE") == "TIE" and parse_verdict("Verdict: TIE", allow_tie=False) is None
 
 
 def test_length_rule_and_entropy():

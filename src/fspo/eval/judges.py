@@ -5,8 +5,9 @@
   construction, so it never flips with the order.
 - :class:`LLMJudge`: any text backend, conditioned on the user's free-text description. Each pair
   is judged in both orders; a verdict counts only when both orders agree, otherwise the pair is
-  a tie, and contradictions (A in one order, B in the other) are counted as flips. The prompt and
-  the parse rule are below and in docs/evaluation.md.
+  a tie, and contradictions (A in one order, B in the other) are counted as flips. The prompt, the
+  parse rule and the both-order combination are the core synth's labeler uses too
+  (:mod:`fspo.llm.pairwise`; docs/evaluation.md), with ties allowed.
 
 Both return one :class:`Verdict` per :class:`Comparison`, from the point of view of answer ``a``.
 
@@ -20,17 +21,15 @@ pairs), and its own verdict stays in ``detail["judge_preference"]`` when the gat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fspo.data.attributes import AXES, attribute_preference, match_count
 from fspo.errors import FspoError
 from fspo.eval.acceptability import Acceptability, assess, gate
-from fspo.data.attributes import AXES, attribute_preference, match_count
 from fspo.llm.base import GenerationParams
-
-JUDGES = ("attribute", "llm")
+from fspo.llm.pairwise import both_orders, combine_orders, flatten, parse_verdict
 
 
 @dataclass(frozen=True)
@@ -109,67 +108,12 @@ class AttributeJudge:
 
 # --- LLM judge ---------------------------------------------------------------------------------
 
-JUDGE_TEMPLATE = """You are judging two answers on behalf of one specific user.
-
-User description: {description}
-
-Question: {question}
-
-Response A: {a}
-
-Response B: {b}
-
-Which response would this user prefer? Judge by the user's stated preferences, not by your own taste. If neither fits this user better, answer TIE. Think briefly if you need to, then end with one final line that is exactly "Verdict: A", "Verdict: B" or "Verdict: TIE"."""
-
-_VERDICT = re.compile(r"^\W*verdict\W*:\W*(a|b|tie)\W*$", re.IGNORECASE)
-
-
-def judge_prompt(description: str, question: str, a: str, b: str) -> str:
-    return JUDGE_TEMPLATE.format(
-        description=description.strip() or "(no description)",
-        question=question.strip(),
-        a=a.strip() or "(empty)",
-        b=b.strip() or "(empty)",
-    )
-
-
-def parse_verdict(text: str) -> str | None:
-    """The verdict on the last non-empty line: ``"A"``, ``"B"``, ``"TIE"``, or None (unparseable).
-
-    Strict on purpose: a verdict anywhere else (e.g. "A is better" in the reasoning) is not read,
-    so a rambling judge shows up as unparseable instead of as a silent guess. Case, surrounding
-    markdown emphasis and a trailing period are tolerated.
-    """
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    m = _VERDICT.match(lines[-1])
-    return m.group(1).upper() if m else None
-
-
-def combine_orders(first: str | None, second: str | None) -> tuple[int, str]:
-    """Combine the verdicts of (a, b) shown as (A, B) and then as (B, A) into a preference for ``a``.
-
-    Returns (preference, kind) with kind one of ``agree`` (both orders name the same answer, or
-    both say TIE), ``flip`` (they name different answers: a tie), ``partial`` (one order decides,
-    the other says TIE or is unparseable: a tie) and ``unparsed`` (neither order parsed: a tie).
-    """
-    p1 = {"A": 1, "B": -1, "TIE": 0}.get(first) if first else None
-    p2 = {"A": -1, "B": 1, "TIE": 0}.get(second) if second else None
-    if p1 is None and p2 is None:
-        return 0, "unparsed"
-    if p1 is not None and p1 == p2:
-        return p1, "agree"
-    if p1 is not None and p2 is not None and p1 == -p2 and p1 != 0:
-        return 0, "flip"
-    return 0, "partial"
-
 
 class LLMJudge:
     """User-conditioned pairwise judge on any backend (local model, OpenAI-compatible server, scripted).
 
     ``backend`` may be a :class:`fspo.llm.cache.CachedBackend` so a rerun replays judge calls.
-    Prompts are chat messages (one user turn); greedy decoding.
+    Prompts are chat messages (``chat=False``: one flattened text); greedy decoding.
     """
 
     def __init__(self, backend, max_new_tokens: int = 96, chat: bool = True) -> None:
@@ -178,23 +122,17 @@ class LLMJudge:
         self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chat = chat
 
-    def _prompt(self, description: str, question: str, a: str, b: str):
-        text = judge_prompt(description, question, a, b)
-        return [{"role": "user", "content": text}] if self.chat else text
-
     def judge(self, items: Sequence[Comparison]) -> list[Verdict]:
         for it in items:
             if not it.description.strip():
                 raise FspoError(f"user {it.user_id!r} has no description; the LLM judge needs one (users.jsonl)")
-        prompts = [self._prompt(it.description, it.question, it.a, it.b) for it in items]
-        prompts += [self._prompt(it.description, it.question, it.b, it.a) for it in items]
-        texts = self.backend.generate(prompts, self.params)
-        n = len(items)
+        prompts = both_orders([(it.description, it.question, it.a, it.b) for it in items], allow_tie=True)
+        texts = self.backend.generate(prompts if self.chat else [flatten(p) for p in prompts], self.params)
         out = []
-        for i in range(n):
-            v1, v2 = parse_verdict(texts[i]), parse_verdict(texts[n + i])
+        for i in range(len(items)):
+            v1, v2 = parse_verdict(texts[2 * i]), parse_verdict(texts[2 * i + 1])
             pref, kind = combine_orders(v1, v2)
-            v = gated(items[i], pref, {"ab": v1, "ba": v2, "kind": kind, "raw": texts[i]})
+            v = gated(items[i], pref, {"ab": v1, "ba": v2, "kind": kind, "raw": texts[2 * i]})
             out.append(Verdict(v.preference, flipped=kind == "flip", detail=v.detail))
         return out
 

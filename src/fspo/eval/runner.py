@@ -261,9 +261,9 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
 
     judge_info: dict = {"name": judge.name, "kinds": {k: v for k, v in kinds.items() if v}}
     if cfg.judge == "llm":
-        from fspo.eval.judges import JUDGE_TEMPLATE
+        from fspo.llm.pairwise import flatten, judge_messages
 
-        judge_info["prompt_template"] = JUDGE_TEMPLATE
+        judge_info["prompt_example"] = flatten(judge_messages("<description>", "<question>", "<A>", "<B>", True))
     timing["total_s"] = time.perf_counter() - t0
     result = {
         "config": cfg_dict,
