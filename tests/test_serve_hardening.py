@@ -477,3 +477,43 @@ def test_serve_command_with_key_file(tmp_path) -> None:
             assert httpx.get(url + "/v1/models", headers=auth(key)).status_code == 200
     finally:
         stop_cli(proc, log)
+
+
+def test_kill_9_loses_no_acknowledged_row(tmp_path) -> None:
+    """Four clients post pairs while the server is SIGKILLed: every acknowledged id is on disk."""
+    import signal
+    import time
+
+    db = tmp_path / "k9.sqlite"
+    proc, url, log = start_cli(["serve", "--model", "tiny", "--db", str(db)], {"FSPO_API_KEY": ADMIN}, tmp_path)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(timeout=10) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = http.post(
+                        f"{url}/v1/users/u{n}/preferences", json={"preferences": [pair(f"{n}-{i}")]}, headers=auth()
+                    )
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 201:
+                    acked.extend(r.json()["ids"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    log.close()
+    assert len(acked) > 20
+    store = UserStore(db)
+    stored = {p.id for n in range(4) for p in store.list(f"u{n}")}
+    assert set(acked) <= stored
