@@ -111,6 +111,65 @@ def plot_reward_accuracy(result: dict, path: Path) -> bool:
     return True
 
 
+def _quality_cells(q: dict | None) -> str:
+    """on-topic | degenerate | acceptable | mean base NLL of a method's ``quality``."""
+    if not q:
+        return "– | – | – | –"
+    nll = q.get("mean_base_nll")
+    return " | ".join(
+        [
+            _fmt(q.get("on_topic")),
+            _fmt(q.get("degenerate")),
+            _fmt(q.get("acceptable")),
+            "–" if nll is None else f"{nll:.2f}",
+        ]
+    )
+
+
+def _acceptability_lines(result: dict) -> list[str]:
+    cal = result["judge"].get("acceptability")
+    if not cal:
+        return []
+    nll = (
+        f"base-model NLL > {cal['nll_max']:.2f} nats/token ({cal['nll_rule']} over {cal['nll_from']} base and "
+        "reference answers)"
+        if cal.get("nll_max") is not None
+        else "no base-model NLL"
+    )
+    return [
+        "",
+        "Acceptability gate (both judges): an answer that is empty, repeats the question, leaks the prompt template "
+        "or copies a shot, is degenerate or is off-topic loses to an acceptable one, and two such answers tie. "
+        f"Degenerate: repeated 4-grams > {cal['repeat_4gram_max']:g}, distinct-2 < {cal['distinct_2_min']:g} "
+        f"(answers of at least {cal['min_words_for_ngrams']} words), or {nll}. On-topic: a review names its item; "
+        f"other answers have MiniLM similarity to the question ≥ {cal['similarity_min']:.2f}. "
+        "Mean base NLL: the base model's mean per-token NLL of the answer given only the question.",
+    ]
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _sample_lines(result: dict) -> list[str]:
+    """Three sample answers per method, grouped by query (every method answers the same queries)."""
+    by_query: dict[tuple, list[tuple[str, dict]]] = {}
+    for method, row in result["methods"].items():
+        for s in (row.get("quality") or {}).get("samples", []):
+            by_query.setdefault((s["user_id"], s["question"]), []).append((method, s))
+    if not by_query:
+        return []
+    lines = ["", "## Sample answers", "", "The same evenly spread queries for every method; flags in brackets.", ""]
+    for (user, question), rows in by_query.items():
+        lines += [f"**{user}: {_one_line(question)}**", ""]
+        for method, s in rows:
+            flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
+            lines.append(f"- {method}{flags}: {_one_line(s['answer']) or '(empty)'}")
+        lines.append("")
+    return lines
+
+
 def render_markdown(result: dict) -> str:
     cfg = result["config"]
     base = cfg["baseline"]
@@ -125,8 +184,8 @@ def render_markdown(result: dict) -> str:
         f"({cfg['n_boot']} resamples over {cfg['bootstrap_unit']}s); two-sided sign test on wins vs losses.",
         "",
         "| method | model | n | win rate vs " + base + " [95% CI] | W / T / L | sign-test p | flip rate"
-        f" | attribute match | reward acc. (N={cfg['shots']}) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f" | attribute match | reward acc. (N={cfg['shots']}) | on-topic | degenerate | acceptable | mean base NLL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in result["methods"].items():
         wr = result["win_rate"].get(method)
@@ -138,14 +197,18 @@ def render_markdown(result: dict) -> str:
                 ra_txt = f"{_fmt(pt['accuracy'])} ({'h' if ra['metric'] == 'implicit_reward' else 'LL'})"
         am = row.get("attribute_match")
         am_txt = _fmt(am["all"]) if am else "–"
+        q_txt = _quality_cells(row.get("quality"))
         if wr is None:
-            lines.append(f"| {method} | `{row['model']}` | {row['n']} | (baseline) | | | | {am_txt} | {ra_txt} |")
+            lines.append(
+                f"| {method} | `{row['model']}` | {row['n']} | (baseline) | | | | {am_txt} | {ra_txt} | {q_txt} |"
+            )
             continue
         lines.append(
             f"| {method} | `{row['model']}` | {wr['n']} | {_fmt(wr['win_rate'])}{_ci(wr['ci'])} | "
             f"{wr['wins']} / {wr['ties']} / {wr['losses']} | {wr['sign_test_p']:.3g} | {_fmt(wr['flip_rate'])} | "
-            f"{am_txt} | {ra_txt} |"
+            f"{am_txt} | {ra_txt} | {q_txt} |"
         )
+    lines += _acceptability_lines(result)
     lines += ["", "![win rate](win_rate.png)", ""]
     if result.get("reward_accuracy"):
         lines += ["## Reward accuracy vs shots", ""]
@@ -176,6 +239,7 @@ def render_markdown(result: dict) -> str:
     for method, wr in result["win_rate"].items():
         cells = ", ".join(f"{u}: {_fmt(s['win_rate'])} ({s['n']})" for u, s in wr["per_user"].items())
         lines.append(f"- **{method}**: {cells}")
+    lines += _sample_lines(result)
     judge = result["judge"]
     if judge.get("kinds"):
         lines += ["", "## Judge consistency", ""]

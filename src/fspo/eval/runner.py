@@ -226,6 +226,31 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
 
     # 3. Judge every method against the baseline on the same queries.
     t = time.perf_counter()
+    # 3a. Acceptability of every answer (issue 13, section 1): empty / echo / template leak /
+    # degenerate / off-topic, thresholds calibrated on the baseline row and the data's answers to
+    # the same questions; both judges gate on it, and each method row gets its `quality`.
+    from fspo.eval.acceptability import (
+        answer_nll,
+        assess_methods,
+        embedding_similarity,
+        quality_summary,
+        sample_answers,
+    )
+
+    base_chat = next((infos[m].chat_template for m in methods if infos[m].spec == base_model), False)
+    shot_texts = [tuple(x for s in ep.shots for x in (s.chosen, s.rejected)) for ep in episodes]
+    flags, calibration, quality_notes = assess_methods(
+        {name: [(g.question, g.answer) for g in gens[name]] for name in methods},
+        shot_texts,
+        cfg.baseline,
+        references=[(ep.query.prompt, x) for ep in episodes for x in (ep.query.chosen, ep.query.rejected)],
+        nll_fn=lambda pairs: answer_nll(base_model, pairs, pool, cache, base_chat, cfg.batch_size),
+        similarity_fn=embedding_similarity,
+    )
+    notes += quality_notes
+    for name in methods:
+        method_rows[name]["quality"] = quality_summary(flags[name], sample_answers(gens[name], flags[name]))
+    timing["acceptability_s"] = time.perf_counter() - t
     judge = AttributeJudge() if cfg.judge == "attribute" else LLMJudge(_judge_backend(cfg, pool, cache, judge_backend))
     win: dict[str, dict] = {}
     kinds: dict[str, dict] = {}
@@ -241,8 +266,11 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
                 b.answer,
                 descriptions.get(a.user_id, ""),
                 data.users[a.user_id].attributes if a.user_id in data.users else {},
+                flags[name][i],
+                flags[cfg.baseline][i],
+                shot_texts[i],
             )
-            for a, b in zip(gens[name], gens[cfg.baseline])
+            for i, (a, b) in enumerate(zip(gens[name], gens[cfg.baseline]))
         ]
         verdicts = judge.judge(items)
         outcomes = [
@@ -260,6 +288,7 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
         notes.append(f"only {len(users)} users: the user-level bootstrap CI is coarse")
 
     judge_info: dict = {"name": judge.name, "kinds": {k: v for k, v in kinds.items() if v}}
+    judge_info["acceptability"] = calibration.to_dict()
     if cfg.judge == "llm":
         from fspo.llm.pairwise import flatten, judge_messages
 
