@@ -9,6 +9,7 @@ import re
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -190,9 +191,14 @@ class Out:
 class FlakyEngine:
     """Fails the first ``failures`` generations, then answers."""
 
+    info = SimpleNamespace(max_length=1024)
+
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls = 0
+
+    def render(self, shots, question, max_new_tokens, layout=None):
+        return SimpleNamespace(ids=[0] * 10)
 
     def generate(self, user_id, shots, question, params):
         self.calls += 1
@@ -281,6 +287,45 @@ def test_init_refuses_a_question_too_long_for_the_model(tmp_path, capsys) -> Non
     db = tmp_path / "s.sqlite"
     one_line_error(capsys, ["study", "init", "--config", path, "--db", str(db)], "compare[1].question")
     assert not db.exists()
+
+
+def test_long_questions_are_handled_not_fatal(tmp_path) -> None:
+    """A study created before the check (or by an older version) with questions that do not leave room
+    for max_new_tokens: the long one gets fewer new tokens, one that fills the context is skipped."""
+    long_q = "Please tell me " + "very " * 320 + "much?"  # ~995 of the tiny model's 1024 tokens
+    huge_q = "Please tell me " + "very " * 1000 + "much?"
+    cfg = {**study_config(pregenerated=False, model="tiny", questions=["Short?", long_q, huge_q]), "max_new_tokens": 40}
+    store, (token, other) = make_store(tmp_path, cfg)
+    config = store.config()
+    engine, baseline = study_app.load_engines(config)
+    budgets = study_app.answer_budgets(config, engine, baseline)
+    assert budgets[0] == 40 and 0 < budgets[1] < 40 and budgets[2] == 0
+    warnings = study_app.check_fit(config, budgets, serving=True)
+    assert [w.split(":")[0] for w in warnings] == ["compare[1].question", "compare[2].question"]
+    assert f"get {budgets[1]} new tokens" in warnings[0] and "skipped" in warnings[1]
+    app = create_app(store, engine, baseline)
+    client = TestClient(app)
+    label_all(client, token)
+    wait_for(client, token, "compare")
+    rows = store.comparisons(1)
+    assert sorted(r["item"] for r in rows) == [0, 1] and all(r["personalized"] and r["baseline"] for r in rows)
+    while (state := client.get("/api/state", headers=bearer(token)).json())["phase"] == "compare":
+        r = client.post(
+            "/api/compare", json={"position": state["item"]["position"], "choice": "tie"}, headers=bearer(token)
+        )
+        assert r.status_code == 200
+    assert state["phase"] == "done" and store.get(1).status == "done"
+    app.state.generator.shutdown()
+
+
+def test_all_items_skipped_means_done(tmp_path) -> None:
+    huge_q = "Please tell me " + "very " * 1000 + "much?"
+    store, (token, _) = make_store(tmp_path, study_config(pregenerated=False, model="tiny", questions=[huge_q]))
+    app = create_app(store, *study_app.load_engines(store.config()))
+    client = TestClient(app)
+    label_all(client, token)
+    wait_for(client, token, "done")
+    app.state.generator.shutdown()
 
 
 def test_serve_checks_the_model(tmp_path, capsys) -> None:

@@ -60,30 +60,50 @@ class CompareAnswer(BaseModel):
 
 
 def load_engines(config: StudyConfig):
-    """The personalized and baseline engines for ``config``, checked to hold every compare question
-    with ``max_new_tokens``; a one-line error otherwise (the operator fixes it before anyone waits)."""
+    """The personalized and baseline engines for ``config``, or a one-line error."""
     from fspo.data.prompts import ZEROSHOT
     from fspo.data.runs import resolve_model
     from fspo.serve.command import load_engine
 
     engine = load_engine(resolve_model(config.model).for_serving(), cache_users=32)
     base = config.baseline_model
-    baseline = (
-        load_engine(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
-        if base and base != config.model
-        else engine
-    )
+    if base and base != config.model:
+        return engine, load_engine(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
+    return engine, engine
+
+
+def answer_budgets(config: StudyConfig, engine, baseline) -> dict[int, int]:
+    """Per compare item that needs generating: how many new tokens fit both arms' ``max_length``
+    after the bare question (``max_new_tokens`` normally; fewer for a long question; 0 when the
+    question alone fills the context). Shots never matter here: they are dropped to fit."""
+    from fspo.data.prompts import ZEROSHOT
+
+    budgets = {}
     for i, item in enumerate(config.compare):
-        for arm, eng, layout, given in (
-            ("personalized", engine, None, item.personalized),
-            ("baseline", baseline, ZEROSHOT.name, item.baseline),
-        ):
+        budget = config.max_new_tokens
+        for eng, layout, given in ((engine, None, item.personalized), (baseline, ZEROSHOT.name, item.baseline)):
             if given is None:
                 try:
-                    eng.render([], item.question, config.max_new_tokens, layout)
-                except FspoError as exc:
-                    raise FspoError(f"compare[{i}].question ({arm} model): {exc}") from None
-    return engine, baseline
+                    budget = min(budget, eng.info.max_length - len(eng.render([], item.question, 0, layout).ids))
+                except FspoError:  # the question alone is longer than max_length
+                    budget = 0
+        if item.personalized is None or item.baseline is None:
+            budgets[i] = max(budget, 0)
+    return budgets
+
+
+def check_fit(config: StudyConfig, budgets: dict[int, int], serving: bool = False) -> list[str]:
+    """One message per compare question that leaves no room for ``max_new_tokens``; ``serving``
+    says what will happen instead (fewer new tokens, or the item skipped)."""
+    messages = []
+    for i, budget in sorted(budgets.items()):
+        if budget < config.max_new_tokens:
+            fate = (f"its answers get {budget} new tokens" if budget else "it is skipped") if serving else "shorten it"
+            messages.append(
+                f"compare[{i}].question: with max_new_tokens {config.max_new_tokens} it does not fit the model's "
+                f"max_length; {fate}"
+            )
+    return messages
 
 
 class AnswerGenerator:
@@ -98,6 +118,7 @@ class AnswerGenerator:
         self.config = config
         self._engine = engine
         self._baseline = baseline_engine
+        self._budgets: dict[int, int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fspo-study-gen")
         self._inflight: set[int] = set()
         self._failures: dict[int, int] = {}
@@ -111,6 +132,14 @@ class AnswerGenerator:
             if self._engine is None:
                 self._engine, self._baseline = load_engines(self.config)
             return self._engine, self._baseline or self._engine
+
+    def budget(self, item: int) -> int:
+        """New tokens for this compare item (see :func:`answer_budgets`)."""
+        engine, baseline = self.engines()
+        with self._load_lock:
+            if self._budgets is None:
+                self._budgets = answer_budgets(self.config, engine, baseline)
+            return self._budgets.get(item, self.config.max_new_tokens)
 
     def start(self, pid: int) -> None:
         """Generate now if nothing needs a model, else in the background (the page polls)."""
@@ -142,7 +171,7 @@ class AnswerGenerator:
     def run(self, pid: int) -> None:
         try:
             self._fill(pid)
-            self.store.set_status(pid, "compare")
+            self.store.set_status(pid, "compare" if self.store.comparisons(pid) else "done")  # all skipped: done
             with self._lock:
                 self._failures.pop(pid, None)
                 self._retry_at.pop(pid, None)
@@ -165,7 +194,6 @@ class AnswerGenerator:
                 else (lab["right_text"], lab["left_text"])
             )
             shots.append(PreferenceRecord(f"participant-{pid}", lab["question"], chosen, rejected))
-        params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
         for row in self.store.comparisons(pid):
             if row["personalized"] is not None:
                 continue
@@ -173,6 +201,12 @@ class AnswerGenerator:
             personalized, baseline, shots_used = item.personalized, item.baseline, None
             if personalized is None or baseline is None:
                 engine, base_engine = self.engines()
+                budget = self.budget(row["item"])
+                if budget == 0:  # the question alone fills the context: no answer can be generated
+                    log.warning("compare item %s does not fit the model; skipped for participant %s", row["item"], pid)
+                    self.store.skip_comparison(pid, row["position"])
+                    continue
+                params = GenerationParams(max_new_tokens=budget)
                 if personalized is None:
                     out = engine.generate(f"participant-{pid}", shots, item.question, params)
                     personalized, shots_used = out.answer, out.shots_used

@@ -71,10 +71,12 @@ def run_init(args: argparse.Namespace) -> int:
     if not args.config and not Path(args.db).exists():
         raise FspoError(f"{args.db}: no study yet; pass --config to create it")
     config = load_config(args.config) if args.config else None  # before any file is created
-    if config is not None and config.needs_model():
-        from fspo.serve.study.app import load_engines
+    if config is not None and config.needs_model():  # the model loads and every question fits
+        from fspo.serve.study.app import answer_budgets, check_fit, load_engines
 
-        load_engines(config)  # the model loads and every compare question fits, or a one-line error
+        problems = check_fit(config, answer_budgets(config, *load_engines(config)))
+        if problems:
+            raise FspoError(problems[0])
     store = StudyStore(args.db)
     if config is not None:
         changed = store.set_config(config)
@@ -90,12 +92,15 @@ def run_init(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from fspo.serve.live import listen, run_server
-    from fspo.serve.study.app import create_app, load_engines
+    from fspo.serve.study.app import answer_budgets, check_fit, create_app, load_engines
 
     store = _open(args.db)
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
     config = store.config()
     engine, baseline = load_engines(config) if config.needs_model() else (None, None)
+    if engine is not None:  # a study already running is not refused: the long question gets fewer tokens
+        for problem in check_fit(config, answer_budgets(config, engine, baseline), serving=True):
+            print(f"fspo study: warning: {problem}", file=sys.stderr)
     app = create_app(store, engine, baseline)
     waiting = app.state.generator.resume()
     note = f"; generating answers for {waiting} waiting participants" if waiting else ""

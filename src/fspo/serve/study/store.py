@@ -242,6 +242,15 @@ class StudyStore:
                 (personalized, baseline, shots_used, pid, position),
             )
 
+    def skip_comparison(self, pid: int, position: int) -> None:
+        """Drop a comparison no answer can be generated for (never one already shown or answered)."""
+        with self.db.write() as con:
+            con.execute(
+                "DELETE FROM comparisons WHERE participant_id = ? AND position = ? AND personalized IS NULL "
+                "AND choice IS NULL",
+                (pid, position),
+            )
+
     def answer_comparison(self, pid: int, position: int, choice: str) -> bool:
         """Store a comparison; returns True when it was the participant's last one."""
         with self.db.write() as con:
