@@ -208,6 +208,10 @@ def table(results: dict[int, dict], combo_users: set[str] = frozenset()) -> list
                 "reward_accuracy_heldout_questions": q_point["accuracy"] if q_point else None,
                 "metric": ra.get("heldout_users", {}).get("metric"),
                 "attribute_match": (res["methods"][r.method].get("attribute_match") or {}).get("all"),
+                **{
+                    k: (res["methods"][r.method].get("quality") or {}).get(k)
+                    for k in ("on_topic", "degenerate", "acceptable", "mean_base_nll")
+                },
             }
         )
     return out
@@ -224,8 +228,9 @@ def _group_cell(g: dict | None) -> str:
 def render(rows: list[dict]) -> str:
     lines = [
         "| row | n | win rate vs base [95% CI] | W / T / L | sign-test p | win rate: unseen combo / seen combos "
-        "| reward acc. (held-out users) | reward acc. (held-out questions) | attribute match |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reward acc. (held-out users) | reward acc. (held-out questions) | attribute match "
+        "| on-topic | degenerate | acceptable | mean base NLL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = r["win_rate"] is None
@@ -238,7 +243,9 @@ def render(rows: list[dict]) -> str:
         kind = {"implicit_reward": " (h>0)", "loglik": " (LL)"}.get(r["metric"] or "", "")
         lines.append(
             f"| {r['row']} | {r['n']} | {wr} | {wtl} | {p} | {groups} | {_pct(r['reward_accuracy'])}{kind} | "
-            f"{_pct(r['reward_accuracy_heldout_questions'])} | {_pct(r['attribute_match'])} |"
+            f"{_pct(r['reward_accuracy_heldout_questions'])} | {_pct(r['attribute_match'])} | "
+            f"{_pct(r.get('on_topic'))} | {_pct(r.get('degenerate'))} | {_pct(r.get('acceptable'))} | "
+            f"{'–' if r.get('mean_base_nll') is None else format(r['mean_base_nll'], '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -341,3 +341,35 @@ def test_base_smollm2_nll_separates_word_salad_from_fluent_reviews():
     bar = calibrate(answer_nll("smollm2", refs, pool)).nll_max
     fluent, shuffled = answer_nll("smollm2", FLUENT, pool), answer_nll("smollm2", salad, pool)
     assert max(fluent) < bar < min(shuffled), (fluent, bar, shuffled)
+
+
+def test_demo_table_and_reports_show_the_quality_columns_and_samples():
+    from fspo.demo import format_table, sample_lines
+    from fspo.eval.report import _quality_cells, _sample_lines
+
+    flags = [assess(*LOOPS[0]), assess(*FLUENT[0]), assess(*OFF_TOPIC[0])]
+    sample = [
+        {"user_id": "u1", "question": q, "answer": a, "flags": f.flags}
+        for (q, a), f in zip([LOOPS[0], FLUENT[0], OFF_TOPIC[0]], flags)
+    ]
+    quality = quality_summary(flags, sample)
+    row = {
+        "method": "fspo-ipo",
+        "n": 3,
+        "win_rate": 0.5,
+        "ci": [0.2, 0.8],
+        "wins_ties_losses": [1, 1, 1],
+        "reward_accuracy": None,
+        "reward_metric": None,
+        "attribute_match": 0.0,
+        "on_topic": quality["on_topic"],
+        "degenerate": quality["degenerate"],
+        "samples": quality["samples"],
+    }
+    table = format_table([row])
+    assert "on-topic" in table.splitlines()[0] and " 33.3%" in table.splitlines()[2]
+    text = "\n".join(sample_lines([row]))
+    assert f"**u1: {BLUE_HARBOR}**" in text and "- fspo-ipo [off_topic]: The movie Inception" in text
+    assert _quality_cells(quality) == "33.3% | 33.3% | 33.3% | –"
+    md = "\n".join(_sample_lines({"methods": {"fspo-ipo": {"quality": quality}}}))
+    assert "## Sample answers" in md and "- fspo-ipo [degenerate, off_topic]: The quality of the quality" in md

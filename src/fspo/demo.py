@@ -180,7 +180,8 @@ def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> d
 
 
 def summary_table(result: dict) -> list[dict]:
-    """One row per method: win rate vs the baseline (with CI), reward accuracy at the generation N."""
+    """One row per method: win rate vs the baseline (with CI), reward accuracy at the generation N,
+    the shares of on-topic and degenerate answers, and three sample answers."""
     shots = str(result["config"]["shots"])
     rows = []
     for method, info in result["methods"].items():
@@ -197,6 +198,11 @@ def summary_table(result: dict) -> list[dict]:
                 "reward_accuracy": point["accuracy"] if point else None,
                 "reward_metric": (ra or {}).get("metric"),
                 "attribute_match": (info.get("attribute_match") or {}).get("all"),
+                "on_topic": (info.get("quality") or {}).get("on_topic"),
+                "degenerate": (info.get("quality") or {}).get("degenerate"),
+                "acceptable": (info.get("quality") or {}).get("acceptable"),
+                "mean_base_nll": (info.get("quality") or {}).get("mean_base_nll"),
+                "samples": (info.get("quality") or {}).get("samples", []),
             }
         )
     return rows
@@ -207,7 +213,10 @@ def _pct(x) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<10} {'n':>3}  {'win rate vs base [95% CI]':<28} {'W/T/L':<9} {'reward acc.':<18} {'attr. match':>11}"
+    head = (
+        f"{'method':<10} {'n':>3}  {'win rate vs base [95% CI]':<28} {'W/T/L':<9} {'reward acc.':<18} "
+        f"{'attr. match':>11} {'on-topic':>8} {'degen.':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["win_rate"] is None:
@@ -218,8 +227,25 @@ def format_table(rows: list[dict]) -> str:
         wtl = "/".join(map(str, r["wins_ties_losses"])) if r["wins_ties_losses"] else ""
         metric = {"implicit_reward": "h>0", "loglik": "LL"}.get(r["reward_metric"] or "", "")
         ra = f"{_pct(r['reward_accuracy'])} ({metric})" if r["reward_accuracy"] is not None else "-"
-        lines.append(f"{r['method']:<10} {r['n']:>3}  {wr:<28} {wtl:<9} {ra:<18} {_pct(r['attribute_match']):>11}")
+        lines.append(
+            f"{r['method']:<10} {r['n']:>3}  {wr:<28} {wtl:<9} {ra:<18} {_pct(r['attribute_match']):>11} "
+            f"{_pct(r.get('on_topic')):>8} {_pct(r.get('degenerate')):>7}"
+        )
     return "\n".join(lines)
+
+
+def sample_lines(rows: list[dict]) -> list[str]:
+    """Each method's three sample answers (the same queries for every method), with their flags."""
+    by_query: dict[tuple, list[str]] = {}
+    for r in rows:
+        for s in r.get("samples") or []:
+            flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
+            answer = " ".join(s["answer"].split()) or "(empty)"
+            by_query.setdefault((s["user_id"], s["question"]), []).append(f"- {r['method']}{flags}: {answer}")
+    lines = []
+    for (user, question), answers in by_query.items():
+        lines += [f"**{user}: {question}**", "", *answers, ""]
+    return lines
 
 
 def _training_curve(run_dir: Path) -> list[str]:
@@ -259,8 +285,15 @@ def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> 
         "Win rate: the method's answer against the base model's (zero-shot) answer for the same held-out user and "
         "question, judged by the user's hidden attributes (sentiment by VADER, length in words); ties count half; "
         "95% bootstrap CI over users. Reward accuracy: does the model rank the user's chosen review above the "
-        "rejected one given the shots (h>0: implicit reward vs the SFT reference; LL: log-likelihood).",
+        "rejected one given the shots (h>0: implicit reward vs the SFT reference; LL: log-likelihood). "
+        "On-topic: the review names the item asked; degenerate: a repetition loop (repeated 4-grams, distinct-2) "
+        "or text the base model finds far less likely than fluent answers (mean per-token NLL). An off-topic, "
+        "degenerate, empty, echoing or template-leaking answer loses to an acceptable one and two of them tie "
+        "(docs/evaluation.md, acceptability gate).",
         "",
+        "## Sample answers",
+        "",
+        *sample_lines(summary["table"]),
         "## Training",
         "",
         *_training_curve(run_dir),
