@@ -193,8 +193,11 @@ def test_template_leaks(answer):
 
 
 def test_ordinary_words_are_not_template_leaks():
+    q = "Write a review of the Kindle Paperwhite e-reader."
     ok = "The Kindle's user interface is clean and this user guide answered every question; a great response time."
-    assert not assess("Write a review of the Kindle Paperwhite e-reader.", ok).template_leak
+    assert not assess(q, ok).template_leak
+    assert not assess(q, "On the Kindle the user has to hold a button, and the user is told nothing.").template_leak
+    assert assess(q, "The user prefers short reviews. The Kindle is fine.").template_leak
 
 
 def test_verbatim_copies_of_a_shot():

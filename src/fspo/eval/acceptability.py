@@ -117,7 +117,8 @@ _REVIEW_ITEM = re.compile(
 
 _TEMPLATE = re.compile(
     r"#+\s*(?:example\b|question\b|task\b|(?:dis)?preferred\s+response|response\b|user\s+description)"
-    r"|\b(?:this|the)\s+user\s+(?:likes|prefers|is|wants|enjoys|values|would|tends|favou?rs|dislikes|learns|has)\b"
+    r"|\bthis\s+user\s+(?:likes|prefers|is|wants|enjoys|values|would|tends|favou?rs|dislikes|learns|has)\b"
+    r"|\bthe\s+user\s+(?:likes|prefers|wants|enjoys|values|tends|favou?rs|dislikes|learns)\b"
     r"|\buser\s+description\s*:"
     r"|\bgiven\s+the\s+examples\s+above\b"
     r"|\bgenerate\s+a\s+(?:preferred\s+response|response|user\s+description)\b",
