@@ -358,10 +358,8 @@ def no_model(monkeypatch):
 @pytest.mark.parametrize("fraction", ["1.0", "1.5", "-0.1", "nan"])
 def test_synth_heldout_fraction_out_of_range(tmp_path, capsys, fraction, no_model):
     assert main([*SYNTH, "--out", str(tmp_path / "out"), "--heldout-users", fraction]) == 2
-    assert (
-        capsys.readouterr().err
-        == f"fspo synth: error: --heldout-users must be a fraction in [0, 1), got {float(fraction)}\n"
-    )
+    err = capsys.readouterr().err
+    assert err.startswith("fspo synth: error: heldout_users: must be") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -70,7 +70,7 @@ def test_eval_llm_judge_scripted_end_to_end(tiny_run, tmp_path):
     assert main([*args, "--no-reward-accuracy", "--out", str(out)]) == 0
     res = json.loads((out / "eval.json").read_text())
     assert res["judge"]["name"] == "llm:scripted"
-    assert "Verdict: A" in res["judge"]["prompt_template"]
+    assert "Verdict: A" in res["judge"]["prompt_example"]
     assert res["reward_accuracy"] == {}
     assert not (out / "reward_accuracy_vs_shots.png").exists()
     for wr in res["win_rate"].values():

@@ -15,7 +15,7 @@ def test_split_users_deterministic_and_disjoint():
 
 def test_split_questions_never_straddles():
     recs = make_records(3, 6)
-    train_q, held_q = split_questions(recs, 0.5, seed=0)
+    train_q, held_q = split_questions([r.prompt for r in recs], 0.5, seed=0)
     assert not train_q & held_q and len(held_q) == 3
     marked = assign_splits(recs, heldout_questions=held_q)
     assert all((r.split == "test") == (r.prompt in held_q) for r in marked)

@@ -33,11 +33,10 @@ def split_users(user_ids: Iterable[str], heldout_fraction: float, seed: int = 0)
     return [u for u in ids if u not in set(heldout)], heldout
 
 
-def split_questions(
-    records: Sequence[PreferenceRecord], heldout_fraction: float, seed: int = 0
-) -> tuple[set[str], set[str]]:
-    """Split distinct question texts into (train, held-out); the same question never lands in both."""
-    questions = sorted({r.prompt.strip() for r in records})
+def split_questions(questions: Iterable[str], heldout_fraction: float, seed: int = 0) -> tuple[set[str], set[str]]:
+    """Split distinct question texts into (train, held-out); the same question never lands in both.
+    Used by synth to mark held-out questions of training users (the paper's setting)."""
+    questions = sorted({q.strip() for q in questions})
     rng = random.Random(f"fspo-questions:{seed}")
     rng.shuffle(questions)
     n_heldout = round(len(questions) * heldout_fraction)

@@ -5,75 +5,41 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-BACKENDS = ("local", "openai", "scripted", "none")
+if TYPE_CHECKING:
+    from fspo.synth.config import SynthConfig
+
+# Flag spellings kept from before the config system.
+ALIASES = {
+    "model": "models",
+    "no-refine": "!refine",
+    "no-resume": "!resume",
+    "no-embed": "!embed",
+    "no-plots": "!plots",
+    "quiet": "!progress",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from fspo.config import add_config_arguments
+    from fspo.synth.config import SynthConfig
+
     p = sub.add_parser(
         "synth",
         help="generate synthetic personalized preferences (resumable)",
         description="Build users, questions, steered responses and user-conditioned labels for a domain, and write "
         "prefs.jsonl, users.jsonl and diagnostics/ to --out. Every model call is cached in OUT/.cache, so rerunning "
-        "the same command resumes where a killed run stopped.",
+        "the same command resumes where a killed run stopped. Options come from defaults, then --config YAML, then "
+        "flags and section.field=value overrides. The openai backend reads its key from $OPENAI_API_KEY.",
     )
-    p.add_argument("--domain", default="reviews", help="reviews | elix | roleplay | path to a domain YAML")
-    p.add_argument("--users", type=int, default=8)
-    p.add_argument("--questions", type=int, default=20)
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="local",
-        help="local: in-process transformers; openai: any OpenAI-compatible server; scripted: rule-based "
-        "fake for tests; none: no model (templated reviews with attribute labels only)",
-    )
-    p.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        help="model spec (local: smollm2 | tiny | folder; openai: the served model name); repeat for an ensemble",
-    )
-    p.add_argument("--judge-model", default=None, help="model that labels (default: the first --model)")
-    p.add_argument(
-        "--base-url",
-        default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"),
-        help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1 (llama.cpp) or :8000/v1 (vLLM)",
-    )
-    p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
-    p.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight")
-    p.add_argument("--timeout", type=float, default=120.0, help="openai: seconds per request")
-    p.add_argument("--batch-size", type=int, default=8, help="local: prompts per generation batch")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--heldout-users", type=float, default=0.25, help="fraction of users marked test (whole users)")
-    p.add_argument("--heldout-questions", type=float, default=0.0, help="fraction of questions marked test")
-    p.add_argument(
-        "--responses",
-        choices=("templates", "steered", "views"),
-        default=None,
-        help="override the domain's response source",
-    )
-    p.add_argument("--labeler", choices=("attribute", "judge"), default=None, help="override the domain's labeler")
-    p.add_argument(
-        "--judge-mode",
-        choices=("auto", "text", "logprob"),
-        default="auto",
-        help="auto: log-prob verdicts where the backend offers them, else parsed text",
-    )
-    p.add_argument("--refine", dest="refine", action="store_true", default=None, help="force persona refinement on")
-    p.add_argument("--no-refine", dest="refine", action="store_false", help="force persona refinement off")
-    p.add_argument("--questions-file", default=None, help="extra questions: .txt (one per line) or .jsonl")
-    p.add_argument("--no-resume", action="store_true", help="discard the call cache and start over")
-    p.add_argument("--no-embed", action="store_true", help="skip the MiniLM similarity diagnostics")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(p, SynthConfig, ALIASES)
     p.set_defaults(func=run_synth_command)
 
 
-def make_backends(args: argparse.Namespace) -> tuple[list, object | None]:
+def make_backends(args: SynthConfig) -> tuple[list, object | None]:
     """The generator backends (an ensemble when several models) and an optional separate judge."""
-    models = args.model or []
+    models = args.models
     if args.backend == "none":
         return [], None
     if args.backend == "scripted":
@@ -89,9 +55,8 @@ def make_backends(args: argparse.Namespace) -> tuple[list, object | None]:
             raise FspoError("--backend openai needs --model NAME (the model name the server serves)")
 
         def make(m: str):
-            return OpenAIBackend(
-                args.base_url, m, api_key=args.api_key, concurrency=args.concurrency, timeout=args.timeout
-            )
+            url = args.base_url or os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+            return OpenAIBackend(url, m, concurrency=args.concurrency, timeout=args.timeout)
 
         return [make(m) for m in models], (make(args.judge_model) if args.judge_model else None)
     from fspo.llm.local import LocalBackend
@@ -107,45 +72,30 @@ def make_backends(args: argparse.Namespace) -> tuple[list, object | None]:
 
 
 def run_synth_command(args: argparse.Namespace) -> int:
+    from fspo.config import config_from_args
+    from fspo.synth.config import SynthConfig
     from fspo.synth.domain import load_domain
-    from fspo.synth.pipeline import SynthConfig, check_config, run_synth
+    from fspo.synth.pipeline import check_config, run_synth
 
-    domain = load_domain(args.domain)  # fail fast on a bad domain, before loading any model
+    cfg = config_from_args(SynthConfig, args)
+    domain = load_domain(cfg.domain)  # fail fast on a bad domain, before loading any model
     needs_model = (
-        (args.responses or domain.response_source) != "templates"
-        or (args.labeler or domain.labeler) == "judge"
+        (cfg.responses or domain.response_source) != "templates"
+        or (cfg.labeler or domain.labeler) == "judge"
         or domain.questions.get("source") == "generate"
         or bool(domain.persona.get("elaborate"))
     )
-    if args.backend == "local" and not needs_model:
-        args.backend = "none"  # templated reviews with attribute labels: no model to load
-    cfg = SynthConfig(
-        domain=args.domain,
-        users=args.users,
-        questions=args.questions,
-        out=args.out,
-        seed=args.seed,
-        heldout_users=args.heldout_users,
-        heldout_questions=args.heldout_questions,
-        labeler=args.labeler,
-        responses=args.responses,
-        judge_mode=args.judge_mode,
-        refine=args.refine,
-        embed=not args.no_embed,
-        plots=not args.no_plots,
-        resume=not args.no_resume,
-        questions_file=args.questions_file,
-        progress=not args.quiet,
-    )
+    if cfg.backend == "local" and not needs_model:
+        cfg.backend = "none"  # templated reviews with attribute labels: no model to load
     check_config(cfg)  # before loading any model
-    gens, judge = make_backends(args)
+    gens, judge = make_backends(cfg)
     result = run_synth(cfg, gens, judge)
     d, run = result["diagnostics"], result["run"]
     c = d["counts"]
     sim = d["similarity"]
     print(
         f"wrote {c['prefs_written']} preferences ({c['prefs_train']} train, {c['prefs_test']} test) for {d['users']} users "
-        f"to {args.out}/prefs.jsonl, users.jsonl, diagnostics/ in {run['timings_s']['total']:.1f}s",
+        f"to {cfg.out}/prefs.jsonl, users.jsonl, diagnostics/ in {run['timings_s']['total']:.1f}s",
         file=sys.stderr,
     )
     hits = sum(v["hits"] for v in run["cache"].values())

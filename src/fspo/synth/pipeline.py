@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from fspo.data.attributes import AXES
 from fspo.data.io import check_output_folder, lock_output, write_jsonl, write_text_atomic
 from fspo.data.schema import PreferenceRecord, UserProfile, same_answer
-from fspo.data.splits import assign_splits, split_users
+from fspo.data.splits import assign_splits, split_questions, split_users
 from fspo.errors import FspoError
 from fspo.llm.cache import CachedBackend, CallCache
 from fspo.synth import diagnostics as diag_mod
+from fspo.synth.config import SynthConfig
 from fspo.synth.domain import Domain, load_domain
 from fspo.synth.judge import Outcome, attribute_outcome, judge_pairs
 from fspo.synth.personas import build_users
@@ -33,26 +34,6 @@ from fspo.synth.refine import refine
 from fspo.synth.responses import build_responses
 
 CACHE_NAME = ".cache/calls.sqlite"
-
-
-@dataclass
-class SynthConfig:
-    domain: str
-    users: int
-    questions: int
-    out: Path
-    seed: int = 0
-    heldout_users: float = 0.25
-    heldout_questions: float = 0.0
-    labeler: str | None = None  # overrides the domain's labeler
-    responses: str | None = None  # overrides the domain's response source
-    judge_mode: str = "auto"  # auto | text | logprob
-    refine: bool | None = None  # overrides the domain's refine.enabled
-    embed: bool = True
-    plots: bool = True
-    resume: bool = True
-    questions_file: str | None = None
-    progress: bool = True
 
 
 def _needs_llm(domain: Domain, cfg: SynthConfig) -> list[str]:
@@ -149,12 +130,8 @@ def _winner_labels(domain: Domain, pairs, outcomes, users: list[UserProfile]) ->
 
 
 def check_config(cfg: SynthConfig) -> None:
-    """Refuse out-of-range settings before any model is loaded or any file written."""
-    if cfg.users < 1 or cfg.questions < 1:
-        raise FspoError("--users and --questions must be at least 1")
-    for name, value in (("--heldout-users", cfg.heldout_users), ("--heldout-questions", cfg.heldout_questions)):
-        if not 0.0 <= value < 1.0:  # also refuses nan
-            raise FspoError(f"{name} must be a fraction in [0, 1), got {value}")
+    """Refuse an unusable output folder before any model is loaded or any file written (the
+    options' ranges are checked by :class:`SynthConfig` itself)."""
     check_output_folder(cfg.out)
 
 
@@ -169,9 +146,8 @@ def run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
         return _run_synth(cfg, llms, judge_llm)
 
 
-def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+def prepare_domain(cfg: SynthConfig, have_llm: bool) -> Domain:
+    """The domain with the run's overrides, checked against what the run can do."""
     domain = load_domain(cfg.domain)
     if cfg.labeler:
         domain.labeler = cfg.labeler
@@ -185,14 +161,70 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
             f"this domain has {', '.join(domain.axes)}"
         )
     needs = _needs_llm(domain, cfg)
-    if needs and not llms:
+    if needs and not have_llm:
         raise FspoError(f"domain {domain.name} needs an LLM ({', '.join(needs)}): pass --backend local|openai|scripted")
-    out = Path(cfg.out)
-    cache_path = out / CACHE_NAME
+    return domain
+
+
+def open_cache(cfg: SynthConfig) -> CallCache:
+    """The run's call cache (emptied first when ``resume`` is off)."""
+    cache_path = Path(cfg.out) / CACHE_NAME
     if not cfg.resume and cache_path.exists():
         for suffix in ("", "-wal", "-shm"):
             Path(str(cache_path) + suffix).unlink(missing_ok=True)
-    cache = CallCache(cache_path)
+    return CallCache(cache_path)
+
+
+def to_records(
+    domain: Domain, pairs: list[dict], outcomes: list[Outcome], judge_name: str, counts: Counter
+) -> list[PreferenceRecord]:
+    """Orient every decided pair as (chosen, rejected); undecided pairs are dropped and counted."""
+    records: list[PreferenceRecord] = []
+    for p, o in zip(pairs, outcomes):
+        if o.label == 0:
+            counts["pairs_dropped_invalid" if not o.valid else "pairs_dropped_inconsistent"] += 1
+            continue
+        ch, rj = (p["first_resp"], p["second_resp"]) if o.label > 0 else (p["second_resp"], p["first_resp"])
+        gens = sorted({ch["generator"], rj["generator"]})
+        meta = {
+            "domain": domain.name,
+            "question_id": f"q{p['qi']:03d}",
+            "generator": "+".join(gens),
+            "judge": judge_name,
+            "consistent": o.consistent,
+            "p_chosen": round(o.p_first if o.label > 0 else 1 - o.p_first, 4),
+            "chosen_steer": ch["steer"],
+            "rejected_steer": rj["steer"],
+            "chosen_generator": ch["generator"],
+            "rejected_generator": rj["generator"],
+        }
+        records.append(PreferenceRecord(p["user"], p["question"], ch["text"], rj["text"], "train", meta))
+    return records
+
+
+def split_records(
+    cfg: SynthConfig, records: list[PreferenceRecord], users: list[UserProfile], questions: list[dict], counts: Counter
+) -> tuple[list[PreferenceRecord], list[UserProfile], list[str]]:
+    """Held-out users (whole users) and held-out questions (for every user) marked ``test``, with
+    the same split functions training and eval use."""
+    ids = [u.user_id for u in users]
+    _, heldout = split_users(ids, cfg.heldout_users, cfg.seed) if len(ids) > 1 else (ids, [])
+    _, heldout_q = split_questions([q["question"] for q in questions], cfg.heldout_questions, cfg.seed)
+    records = assign_splits(records, heldout, heldout_q)
+    users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
+    counts["prefs_written"] = len(records)
+    counts["prefs_train"] = sum(r.split == "train" for r in records)
+    counts["prefs_test"] = sum(r.split == "test" for r in records)
+    counts["users_without_prefs"] = len(set(ids) - {r.user_id for r in records})
+    return records, users, heldout
+
+
+def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    domain = prepare_domain(cfg, bool(llms))
+    out = Path(cfg.out)
+    cache = open_cache(cfg)
     wrapped = [CachedBackend(b, cache, progress=cfg.progress) for b in llms]
     judge = CachedBackend(judge_llm, cache, progress=cfg.progress) if judge_llm is not None else (wrapped or [None])[0]
     counts: Counter = Counter()
@@ -252,38 +284,9 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
     counts["refine_facts_added"] = sum(len(v) for v in facts.values())
     stage("refine", s)
 
-    # orient, split, write
-    records: list[PreferenceRecord] = []
-    for p, o in zip(pairs, outcomes):
-        if o.label == 0:
-            counts["pairs_dropped_invalid" if not o.valid else "pairs_dropped_inconsistent"] += 1
-            continue
-        ch, rj = (p["first_resp"], p["second_resp"]) if o.label > 0 else (p["second_resp"], p["first_resp"])
-        gens = sorted({ch["generator"], rj["generator"]})
-        meta = {
-            "domain": domain.name,
-            "question_id": f"q{p['qi']:03d}",
-            "generator": "+".join(gens),
-            "judge": judge_name,
-            "consistent": o.consistent,
-            "p_chosen": round(o.p_first if o.label > 0 else 1 - o.p_first, 4),
-            "chosen_steer": ch["steer"],
-            "rejected_steer": rj["steer"],
-            "chosen_generator": ch["generator"],
-            "rejected_generator": rj["generator"],
-        }
-        records.append(PreferenceRecord(p["user"], p["question"], ch["text"], rj["text"], "train", meta))
+    records = to_records(domain, pairs, outcomes, judge_name, counts)
+    records, users, heldout = split_records(cfg, records, users, questions, counts)
     ids = [u.user_id for u in users]
-    _, heldout = split_users(ids, cfg.heldout_users, cfg.seed) if len(ids) > 1 else (ids, [])
-    qtexts = sorted({q["question"] for q in questions})
-    random.Random(f"fspo-heldout-questions:{cfg.seed}").shuffle(qtexts)
-    heldout_q = qtexts[: round(len(qtexts) * cfg.heldout_questions)]
-    records = assign_splits(records, heldout, heldout_q)
-    users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
-    counts["prefs_written"] = len(records)
-    counts["prefs_train"] = sum(r.split == "train" for r in records)
-    counts["prefs_test"] = sum(r.split == "test" for r in records)
-    counts["users_without_prefs"] = len(set(ids) - {r.user_id for r in records})
 
     s = time.perf_counter()
     judged = len(before)

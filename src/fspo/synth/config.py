@@ -1,0 +1,59 @@
+"""``fspo synth`` options: one dataclass for the CLI, YAML (``--config``) and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fspo.config import Config, ConfigError, opt
+
+BACKENDS = ("local", "openai", "scripted", "none")
+
+
+@dataclass
+class SynthConfig(Config):
+    out: str = opt("", "output folder (required): prefs.jsonl, users.jsonl, diagnostics/, the call cache")
+    domain: str = opt("reviews", "reviews | elix | roleplay | path to a domain YAML")
+    users: int = opt(8, "synthetic users", ge=1)
+    questions: int = opt(20, "questions", ge=1)
+    seed: int = opt(0, "seed of every random choice", ge=0)
+    heldout_users: float = opt(0.25, "fraction of users marked test (whole users)", ge=0.0, lt=1.0)
+    heldout_questions: float = opt(0.0, "fraction of questions marked test (for every user)", ge=0.0, lt=1.0)
+    backend: str = opt(
+        "local",
+        "local: in-process transformers; openai: any OpenAI-compatible server; scripted: rule-based fake for "
+        "tests; none: no model (templated reviews with attribute labels only)",
+        choices=BACKENDS,
+    )
+    models: list[str] = opt(
+        help="model spec (local: smollm2 | tiny | folder; openai: the served model name); repeat for an ensemble "
+        "(default: smollm2 for local)",
+        default_factory=list,
+    )
+    judge_model: str | None = opt(None, "model that labels (default: the first model)")
+    base_url: str | None = opt(
+        None, "OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL, else that)"
+    )
+    concurrency: int = opt(8, "openai: requests in flight", ge=1)
+    timeout: float = opt(120.0, "openai: seconds per request", gt=0.0)
+    batch_size: int = opt(8, "local: prompts per generation batch", ge=1)
+    responses: str | None = opt(
+        None, "override the domain's response source", choices=["templates", "steered", "views"]
+    )
+    labeler: str | None = opt(None, "override the domain's labeler", choices=["attribute", "judge"])
+    judge_mode: str = opt(
+        "auto",
+        "auto: log-prob verdicts where the backend offers them, else parsed text",
+        choices=["auto", "text", "logprob"],
+    )
+    refine: bool | None = opt(None, "persona refinement on/off (default: the domain's setting)")
+    questions_file: str | None = opt(None, "extra questions: .txt (one per line) or .jsonl")
+    resume: bool = opt(True, "replay the call cache of an earlier run on this --out (false: start over)")
+    embed: bool = opt(True, "MiniLM similarity diagnostics")
+    plots: bool = opt(True, "diagnostic plots")
+    progress: bool = opt(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        self.out = str(self.out)
+        super().__post_init__()
+        if not self.out:
+            raise ConfigError("out: required (the output folder)")
