@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from fspo.config import load_config
+from fspo.errors import FspoError
+from fspo.train import trainer
 from fspo.train.config import TrainConfig
 from fspo.train.trainer import train
 
@@ -19,6 +21,36 @@ FAST = {"model.name": "tiny", "data.max_length": 1024, "progress": False, "optim
 
 def _cfg(data, out, **overrides) -> TrainConfig:
     return load_config(TrainConfig, None, {**FAST, "data.path": str(data), "out": str(out), **overrides})
+
+
+def _steps(path: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()]
+
+
+def assert_trained(weights: dict) -> None:
+    """The weights are not the tiny model's initial ones: training stepped (a no-op trainer fails here)."""
+    from fspo.models.registry import load_model
+
+    init = load_model("tiny")[0].state_dict()
+    changed = [k for k in weights if not torch.equal(weights[k], init[k])]
+    assert len(changed) > len(weights) // 2, f"only {changed} changed"
+
+
+class Killed(Exception):
+    """Stands for a kill -9 in-process: everything up to the stage's final model is written."""
+
+
+def kill_before_final(monkeypatch, stage_dir_name: str | None = None):
+    """Make ``save_final`` fail (of every stage, or of the stage whose folder has this name)."""
+    original = trainer.save_final
+
+    def save_final(accelerator, policy, tok, final_dir, cfg):
+        if stage_dir_name is None or final_dir.parent.name == stage_dir_name:
+            raise Killed(str(final_dir))
+        return original(accelerator, policy, tok, final_dir, cfg)
+
+    monkeypatch.setattr(trainer, "save_final", save_final)
+    return lambda: monkeypatch.setattr(trainer, "save_final", original)
 
 
 def test_ipo_run_writes_loadable_checkpoint_and_metrics(dataset, tmp_path):
@@ -38,10 +70,25 @@ def test_ipo_run_writes_loadable_checkpoint_and_metrics(dataset, tmp_path):
     assert not (out / "checkpoints").exists()  # freed once final/ is written
 
 
-def test_keep_checkpoints_after_finish(dataset, tmp_path):
-    overrides = {"optim.steps": 3, "save_every": 1, "eval_every": 0, "keep_checkpoints_after_finish": True}
-    out = train(_cfg(dataset, tmp_path / "run", **overrides))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+def test_keep_checkpoints_while_training_and_after_finish(dataset, tmp_path, monkeypatch):
+    """keep_checkpoints=N prunes to the newest N after every save; a finished stage then deletes
+    them unless keep_checkpoints_after_finish."""
+    seen = []
+    original = trainer.save_checkpoint
+
+    def save_checkpoint(accelerator, policy, tok, optimizer, scheduler, stage_dir, step, cfg):
+        original(accelerator, policy, tok, optimizer, scheduler, stage_dir, step, cfg)
+        seen.append(sorted(p.name for p in (stage_dir / "checkpoints").iterdir()))
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_checkpoint)
+    overrides = {"optim.steps": 4, "save_every": 1, "eval_every": 0}
+    kept = train(_cfg(dataset, tmp_path / "kept", keep_checkpoints=1, keep_checkpoints_after_finish=True, **overrides))
+    assert seen == [["step-000001"], ["step-000002"], ["step-000003"]]
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step-000003"]
+    seen.clear()
+    freed = train(_cfg(dataset, tmp_path / "freed", keep_checkpoints=2, **overrides))
+    assert seen == [["step-000001"], ["step-000001", "step-000002"], ["step-000002", "step-000003"]]
+    assert not (freed / "checkpoints").exists()
 
 
 def test_heldout_users_never_reach_training(dataset, tmp_path, tiny):
@@ -77,6 +124,7 @@ def test_two_commands_equal_one(dataset, tmp_path):
     two = train(_cfg(dataset, tmp_path / "two", **{"loss.name": "ipo", "optim.steps": 2, "model.name": str(sft)}))
     a, b = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_trained(a)  # two untrained models are equal too
 
 
 def test_dpo_and_rat_layout(dataset, tmp_path):
@@ -120,8 +168,8 @@ def test_kill_9_then_resume_matches_uninterrupted(dataset, tmp_path):
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(killed / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 81))  # nothing lost, nothing logged twice
+    assert_trained(a)
+    assert _steps(killed / "metrics.jsonl") == list(range(1, 81))  # nothing lost, nothing logged twice
     assert not (killed / "checkpoints").exists()  # a finished run resumes from final/; checkpoints are freed
 
 
@@ -155,17 +203,191 @@ def test_cli_help_documents_every_option():
 
 
 def test_cli_user_errors_are_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "fspo.cli", "train"]
+    out = tmp_path / "runs" / "x"
     run = subprocess.run(
-        [sys.executable, "-m", "fspo.cli", "train", "--model", "tiny", "--data", str(tmp_path / "missing")],
+        [*cmd, "--model", "tiny", "--data", str(tmp_path / "missing"), "--out", str(out)],
         capture_output=True,
         text=True,
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("fspo train: error:")
     bad = subprocess.run(
-        [sys.executable, "-m", "fspo.cli", "train", "--model", "no/such/model", "--data", "examples/reviews"],
+        [*cmd, "--model", "no/such/model", "--data", "examples/reviews", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[1],
     )
     assert bad.returncode == 2 and "nothing is downloaded" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "runs").exists()  # no empty --out (nor its parents) after an error
+
+
+def test_a_data_error_leaves_an_existing_run_as_it_was(dataset, tmp_path):
+    out = train(_cfg(dataset, tmp_path / "run", **{"optim.steps": 1}))
+    before = sorted(p.name for p in out.iterdir())
+    (dataset / "prefs.jsonl").write_text("{not json\n")
+    with pytest.raises(FspoError, match="invalid JSON"):
+        train(_cfg(dataset, out, **{"optim.steps": 1}))
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_second_train_on_a_busy_folder_is_refused(dataset, tmp_path):
+    """The run folder is locked for the whole run: a second writer gets a one-line error at once."""
+    from fspo.data.io import lock_output
+
+    out = tmp_path / "run"
+    with lock_output(out):  # as a running `fspo train` holds it
+        with pytest.raises(FspoError, match="another fspo process is writing here"):
+            train(_cfg(dataset, out, **{"optim.steps": 1}))
+        cli = subprocess.run(
+            [sys.executable, "-m", "fspo.cli", "train", "--model", "tiny", "--data", str(dataset), "--out", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        assert cli.returncode == 2 and "Traceback" not in cli.stderr
+        assert cli.stderr.strip().splitlines() == [
+            f"fspo train: error: {out}: another fspo process is writing here (pid {os.getpid()})"
+        ]
+        assert [p.name for p in out.iterdir()] == [".fspo.lock"]  # neither wrote anything
+
+
+def test_rerun_of_a_finished_run_with_another_config_is_refused(dataset, tmp_path, capsys):
+    """Issue 14: a rerun with a different config used to print "already finished", keep the old
+    weights and rewrite fspo_run.json to the new config."""
+    from fspo.data.runs import read_record
+    from fspo.train.fingerprint import FINGERPRINT_FILE, read_fingerprint
+
+    out = train(_cfg(dataset, tmp_path / "run", **{"optim.steps": 2}))
+    record, weights = (out / "fspo_run.json").read_text(), (out / "final" / "model.safetensors").read_bytes()
+    assert read_record(out).fingerprint == read_fingerprint(out).digest
+    assert read_record(out).metrics["ipo/step"] == 2 and "ipo/eval/reward_accuracy" in read_record(out).metrics
+    capsys.readouterr()
+    train(_cfg(dataset, out, **{"optim.steps": 2, "eval_every": 1, "save_every": 1}))  # run options only
+    assert "[ipo] already finished" in capsys.readouterr().out
+    with pytest.raises(FspoError) as err:
+        train(_cfg(dataset, out, **{"optim.steps": 2, "optim.lr": 1e-4, "data.shots": 2}))
+    assert str(err.value) == (
+        f"{out}: trained with a different configuration (data.shots: 4 -> 2, optim.lr: 5e-05 -> 0.0001); "
+        "use --overwrite to start over"
+    )
+    with pytest.raises(FspoError, match=r"\(model.name: tiny -> "):
+        train(_cfg(dataset, out, **{"optim.steps": 2, "model.name": str(out)}))
+    moved = dataset.rename(tmp_path / "moved")  # the same records elsewhere are the same data
+    train(_cfg(moved, out, **{"optim.steps": 2}))
+    record = (out / "fspo_run.json").read_text()
+    with (moved / "prefs.jsonl").open("a") as fh:
+        fh.write(json.dumps({"user_id": "u0", "prompt": "New?", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(FspoError, match=r"\(data: changed\); use --overwrite"):
+        train(_cfg(moved, out, **{"optim.steps": 2}))
+    assert (out / "fspo_run.json").read_text() == record  # refused before writing anything
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+
+    # A run from before fingerprints: its recorded config is compared; without a record it is refused.
+    (out / FINGERPRINT_FILE).unlink()
+    with pytest.raises(FspoError, match=r"\(optim.lr: 5e-05 -> 0.0001\)"):
+        train(_cfg(moved, out, **{"optim.steps": 2, "optim.lr": 1e-4}))
+    train(_cfg(moved, out, **{"optim.steps": 2}))
+    assert "cannot be checked" in capsys.readouterr().out and (out / FINGERPRINT_FILE).exists()
+    (out / FINGERPRINT_FILE).unlink()
+    (out / "fspo_run.json").unlink()
+    with pytest.raises(FspoError, match="without a fingerprint"):
+        train(_cfg(moved, out, **{"optim.steps": 2}))
+
+    # --overwrite starts over, deleting only the old run's files
+    (out / "notes.txt").write_text("mine")
+    train(_cfg(moved, out, **{"optim.steps": 2, "optim.lr": 1e-4, "overwrite": True}))
+    assert read_record(out).config["optim"]["lr"] == 1e-4 and (out / "notes.txt").read_text() == "mine"
+    assert (out / "final" / "model.safetensors").read_bytes() != weights
+    assert read_record(out).fingerprint == read_fingerprint(out).digest
+
+
+def test_resume_of_a_killed_run_checks_its_config_and_tolerates_a_torn_metrics_line(
+    dataset, tmp_path, monkeypatch, capsys
+):
+    overrides = {"optim.steps": 4, "save_every": 2, "eval_every": 2}
+    straight = train(_cfg(dataset, tmp_path / "straight", **overrides))
+    restore = kill_before_final(monkeypatch)
+    with pytest.raises(Killed):
+        train(_cfg(dataset, tmp_path / "run", **overrides))
+    restore()
+    out = tmp_path / "run"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    with pytest.raises(FspoError, match=r"\(optim.lr: 5e-05 -> 0.0001\); use --overwrite"):
+        train(_cfg(dataset, out, **{**overrides, "optim.lr": 1e-4}))
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"stage": "ipo", "step": 5, "loss": 2')  # a kill -9 in the middle of a line
+    capsys.readouterr()
+    train(_cfg(dataset, out, **overrides))
+    assert "resuming from" in capsys.readouterr().out
+    assert _steps(out / "metrics.jsonl") == [0, 1, 2, 3, 4]
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_after_a_kill_before_the_first_checkpoint_logs_each_step_once(dataset, tmp_path, monkeypatch):
+    cfg = _cfg(dataset, tmp_path / "run", **{"optim.steps": 3, "save_every": 0, "eval_every": 2})
+    restore = kill_before_final(monkeypatch)
+    with pytest.raises(Killed):
+        train(cfg)
+    restore()
+    assert _steps(tmp_path / "run" / "metrics.jsonl") == [0, 1, 2, 3]
+    out = train(cfg)
+    assert _steps(out / "metrics.jsonl") == [0, 1, 2, 3]
+
+
+def test_resume_of_a_two_stage_run_killed_in_its_second_stage(dataset, tmp_path, monkeypatch, capsys):
+    overrides = {"loss.name": "sft+ipo", "optim.steps": 4, "save_every": 2, "eval_every": 0}
+    straight = train(_cfg(dataset, tmp_path / "straight", **overrides))
+    restore = kill_before_final(monkeypatch, "ipo")
+    with pytest.raises(Killed):
+        train(_cfg(dataset, tmp_path / "run", **overrides))
+    restore()
+    out = tmp_path / "run"
+    assert (out / "sft" / "final" / "config.json").exists() and not (out / "ipo" / "final").exists()
+    capsys.readouterr()
+    train(_cfg(dataset, out, **overrides))
+    log = capsys.readouterr().out
+    assert "[sft] already finished" in log and "[ipo] resuming from" in log
+    for name in ("sft/final", "ipo/final", "final"):
+        a, b = load_file(straight / name / "model.safetensors"), load_file(out / name / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert_trained(a)
+    assert _steps(out / "ipo" / "metrics.jsonl") == [1, 2, 3, 4]
+
+
+def test_resume_of_a_lora_run(dataset, tmp_path, monkeypatch, capsys):
+    from fspo.models.registry import load_model
+
+    overrides = {"model.lora": True, "optim.lr": 1e-3, "optim.steps": 4, "save_every": 2, "eval_every": 0}
+    straight = train(_cfg(dataset, tmp_path / "straight", **overrides))
+    restore = kill_before_final(monkeypatch)
+    with pytest.raises(Killed):
+        train(_cfg(dataset, tmp_path / "run", **overrides))
+    restore()
+    capsys.readouterr()
+    out = train(_cfg(dataset, tmp_path / "run", **overrides))
+    assert "resuming from" in capsys.readouterr().out
+    for name in ("final/model.safetensors", "final/adapter/adapter_model.safetensors"):
+        a, b = load_file(straight / name), load_file(out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    merged, init = load_file(out / "final" / "model.safetensors"), load_model("tiny")[0].state_dict()
+    linear = [k for k in merged if k.endswith("proj.weight")]
+    assert linear and all(not torch.equal(merged[k], init[k]) for k in linear)  # the adapters learned
+    assert all(torch.equal(merged[k], init[k]) for k in merged if k not in linear)  # the rest stayed frozen
+
+
+def test_report_to_tensorboard(dataset, tmp_path, monkeypatch):
+    """The nested config crashed tensorboard's add_hparams; it gets dotted keys and scalars. A resumed
+    run purges the events logged past its checkpoint."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(dataset, tmp_path / "run", **{"optim.steps": 4, "save_every": 2, "report_to": "tensorboard"})
+    restore = kill_before_final(monkeypatch)
+    with pytest.raises(Killed):
+        train(cfg)
+    restore()
+    out = train(cfg)
+    events = EventAccumulator(str(out / "fspo-ipo"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]

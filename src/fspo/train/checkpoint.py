@@ -3,6 +3,9 @@
 A checkpoint folder ``step-000040/`` holds the model (``save_pretrained``; adapters only for
 LoRA), ``optimizer.pt``, ``scheduler.pt`` and ``trainer_state.json``. It is written under a
 temporary name and renamed when complete, so a folder named ``step-*`` is always whole.
+
+Also what a run folder holds (:data:`RUN_ENTRIES`), so that ``--overwrite`` deletes a previous
+run's files and nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ from pathlib import Path
 from fspo.data.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
+STAGES = ("sft", "dpo", "ipo")
+# Everything fspo train writes into a run folder (and, with a leading dot, its temporary names).
+# The folder lock (``.fspo.lock``) is not one of them: it belongs to whoever holds it.
+RUN_ENTRIES = (
+    "fspo_fingerprint.json",
+    "fspo_run.json",
+    "heldout_users.jsonl",
+    "metrics.jsonl",
+    "checkpoints",
+    "final",
+    *STAGES,
+    *(f"fspo-{stage}" for stage in STAGES),  # tensorboard logs
+)
 
 
 def checkpoint_dirs(stage_dir: Path) -> list[Path]:
@@ -58,3 +74,25 @@ def link_tree(src: Path, dst: Path) -> None:
                     shutil.copy2(f, target)
 
     atomic_dir(dst, write)
+
+
+def has_run(out: Path) -> bool:
+    """Whether ``out`` holds anything a training run writes."""
+    return any((out / name).exists() for name in RUN_ENTRIES)
+
+
+def remove_run(out: Path) -> list[str]:
+    """Delete a previous run's files from ``out`` (only the names fspo train writes); return them."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    for entry in sorted(out.iterdir()):
+        ours = entry.name in RUN_ENTRIES or any(entry.name.startswith(f".{name}.") for name in RUN_ENTRIES)
+        if not ours:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return removed

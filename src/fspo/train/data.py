@@ -16,6 +16,7 @@ from fspo.data.splits import evenly_spaced, heldout_records, heldout_user_ids, t
 from fspo.data.truncation import EpisodeTokenizer, TokenizedPair, TruncationReport
 from fspo.errors import FspoError
 from fspo.train.config import DataConfig
+from fspo.train.fingerprint import data_digest
 
 
 @dataclass
@@ -28,6 +29,7 @@ class PreparedData:
     truncation: TruncationReport
     eval_truncation: TruncationReport
     notes: list[str] = field(default_factory=list)
+    digest: str = ""  # of the loaded records (fspo.train.fingerprint.data_digest)
 
     def lines(self) -> list[str]:
         return (
@@ -41,6 +43,7 @@ class PreparedData:
 
 def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     data = load_data(cfg.path)
+    digest = data_digest(data.prefs, data.users)
     train_users, heldout = heldout_user_ids(data, cfg.heldout_users, seed)
     train_rows = training_records(data.prefs, heldout)
     if not train_rows:
@@ -63,4 +66,4 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
         eval_eps, _ = build_episodes(heldout_records(data, heldout), cfg.shots, 1, seed, cfg.short_users)
         eval_pairs, eval_report = enc.tokenize_all(evenly_spaced(eval_eps, cfg.eval_episodes))
     notes = [] if heldout else ["no held-out users: training reports no held-out reward accuracy"]
-    return PreparedData(train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes)
+    return PreparedData(train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, digest)

@@ -3,6 +3,10 @@
 One stage = one loss. ``sft+ipo`` runs SFT, then IPO with the SFT model as both the starting
 point and the frozen reference (the paper's recipe). Built on ``accelerate`` so the same loop
 runs on a CPU here and under ``accelerate launch`` (DDP/FSDP) on GPUs.
+
+A run folder is locked while training (a second ``fspo train`` on it fails at once) and carries
+a fingerprint of what its weights depend on (:mod:`fspo.train.fingerprint`): a rerun resumes the
+same run and refuses another one unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import atomic_dir, write_jsonl
-from fspo.data.runs import FINAL_DIR, RunRecord
+from fspo.data.io import atomic_dir, lock_output, write_jsonl
+from fspo.data.runs import FINAL_DIR, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
+from fspo.errors import FspoError
 from fspo.train import checkpoint as ckpt
 from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
 from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
+from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
 
 
@@ -203,12 +209,41 @@ def save_final(accelerator, policy, tokenizer, final_dir: Path, cfg: TrainConfig
     atomic_dir(final_dir, write)
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged rows past the checkpoint so no step is logged twice."""
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A kill -9 can tear the last line; that line (and any other
+    unreadable one) is dropped with a note, not a crash."""
+    if not path.exists():
+        return []
+    rows, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        print(f"{path}: dropped {bad} unreadable row(s) (a torn last line after a kill?)")
+    return rows
+
+
+def truncate_metrics(path: Path, step: int | None) -> None:
+    """Keep the rows up to ``step`` (the checkpoint a run resumes from), so no step is logged twice;
+    ``None`` (starting from scratch) drops them all, the step-0 row included."""
     if not path.exists():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    write_jsonl(path, [r for r in rows if r.get("step", 0) <= step])
+    rows = read_metrics(path) if step is not None else []
+    write_jsonl(path, [r for r in rows if r["step"] <= step] if step is not None else [])
+
+
+def tracker_config(stage: str, cfg: TrainConfig) -> dict:
+    """The config as tensorboard's hparams (and wandb) take it: dotted keys, scalar values."""
+    flat = {"stage": stage, **flatten(asdict(cfg))}
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
 def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None, data: PreparedData, stage_dir: Path):
@@ -218,6 +253,8 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     final_dir = stage_dir / "final"
     if (final_dir / "config.json").exists():
         print(f"[{stage}] already finished: {final_dir}")
+        if not cfg.keep_checkpoints_after_finish and _is_main_process():
+            ckpt.remove_all(stage_dir)  # killed between writing final/ and deleting them
         return final_dir
     two_stage = len(cfg.stages()) > 1
     steps = (cfg.optim.sft_steps or cfg.optim.steps) if (stage == "sft" and two_stage) else cfg.optim.steps
@@ -247,10 +284,14 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     if resume:
         optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
-        truncate_metrics(metrics_path, start_step)
         accelerator.print(f"[{stage}] resuming from {resume} (step {start_step}/{steps})")
+    if accelerator.is_main_process:
+        # Rows past the checkpoint are logged again; without a checkpoint every row is.
+        truncate_metrics(metrics_path, start_step if resume else None)
     if log_with:
-        accelerator.init_trackers(f"fspo-{stage}", config={"stage": stage, **asdict(cfg)})
+        # tensorboard: drop the events a killed run logged past the checkpoint (steps > start_step)
+        init_kwargs = {"tensorboard": {"purge_step": start_step + 1}} if log_with == "tensorboard" else {}
+        accelerator.init_trackers(f"fspo-{stage}", config=tracker_config(stage, cfg), init_kwargs=init_kwargs)
     policy.train()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -286,6 +327,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             grad_norm = None
             if cfg.optim.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm))
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -294,7 +336,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
                 "stage": stage,
                 "step": step + 1,
                 **agg,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": step_lr,
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens * world / seconds,
                 "step_seconds": seconds,
@@ -323,7 +365,22 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     return final_dir
 
 
-def write_run_record(cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], data: PreparedData) -> RunRecord:
+def run_metrics(stage_dirs: dict[str, str]) -> dict[str, float]:
+    """Each stage's last logged value of every metric (``ipo/eval/reward_accuracy``...), for the record."""
+    out: dict[str, float] = {}
+    for stage, final in stage_dirs.items():
+        for row in read_metrics(Path(final).parent / "metrics.jsonl"):
+            for key, value in row.items():
+                if key in ("stage", "tokens_per_s", "step_seconds") or isinstance(value, bool):
+                    continue
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    out[f"{stage}/{key}"] = value
+    return out
+
+
+def write_run_record(
+    cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], data: PreparedData, fingerprint: str | None = None
+) -> RunRecord:
     """The run record, into the run folder and into ``final/`` (so the model folder works alone)."""
     from fspo import __version__
 
@@ -347,8 +404,10 @@ def write_run_record(cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], da
         reference=reference,
         stages=stages,
         heldout_users=tuple(data.heldout_users),
+        fingerprint=fingerprint,
         config=asdict(cfg),
         data_summary=tuple(data.lines()),
+        metrics=run_metrics(stage_dirs),
         fspo_version=__version__,
     )
     record.write(out)
@@ -356,28 +415,96 @@ def write_run_record(cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], da
     return record
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run every stage of ``cfg.loss.name``; return the run folder (its ``final/`` is the model)."""
-    from fspo.models.registry import load_tokenizer
+def _is_main_process() -> bool:
+    """Rank 0 (or no distributed launch): the one process that writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
 
+
+def _wait_for_everyone() -> None:
+    """A barrier across ``accelerate launch`` processes (nothing to wait for in one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
+def check_run_folder(out: Path, fp: Fingerprint, cfg: TrainConfig) -> str:
+    """Decide what a run in ``out`` becomes: ``"new"``, ``"continue"`` (the same run: resume it, or
+    it is finished), or ``"overwrite"``. Reads only; a different run is refused, naming what changed."""
+    if cfg.overwrite:
+        return "overwrite" if ckpt.has_run(out) else "new"
+    old = read_fingerprint(out)
+    if old is not None:
+        diffs = fp.differences(old)
+    elif ckpt.has_run(out):
+        record = read_record(out)
+        if record is None:
+            raise FspoError(
+                f"{out}: holds a run without a fingerprint (killed before fspo recorded its configuration?); "
+                "use --overwrite to start over"
+            )
+        diffs = fp.legacy_differences(record.config, asdict(cfg))
+        if not diffs:
+            print(f"{out}: a run from before fingerprints; its data and base model cannot be checked")
+    else:
+        return "new"
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (f", and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise FspoError(f"{out}: trained with a different configuration ({shown}); use --overwrite to start over")
+    return "continue"
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run every stage of ``cfg.loss.name``; return the run folder (its ``final/`` is the model).
+
+    The folder is locked for the whole run and its fingerprint is written before anything else.
+    A data or model error leaves no folder behind (nor anything in an existing one)."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tok = load_tokenizer(cfg.model.name)
-    data = prepare_training_data(cfg.data, tok, cfg.seed)
-    for line in data.lines():
-        print(line)
-    write_jsonl(out / "heldout_users.jsonl", [{"user_id": u} for u in data.heldout_users])
-    init, ref = cfg.model.name, cfg.model.ref
-    stage_dirs = {}
-    for stage in cfg.stages():
-        stage_dir = out / stage if len(cfg.stages()) > 1 else out
-        final = run_stage(stage, cfg, init, ref, data, stage_dir)
-        stage_dirs[stage] = str(final)
-        init = str(final)
-        ref = None  # after SFT, the SFT model is both the start and the reference
-    if len(cfg.stages()) > 1:
-        ckpt.link_tree(Path(stage_dirs[cfg.stages()[-1]]), out / "final")
-    write_run_record(cfg, out, stage_dirs, data)
+    main = _is_main_process()
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # folders this run would create
+    try:
+        _train(cfg, out, main)
+    except BaseException:
+        # lock_output removes an --out it created if nothing was written; then its empty parents go too.
+        if main and missing and not out.exists():
+            for parent in missing[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        raise
     print(f"model: {out / 'final'}")
     return out
+
+
+def _train(cfg: TrainConfig, out: Path, main: bool) -> None:
+    from fspo.models.registry import load_tokenizer
+
+    with lock_output(out) if main else nullcontext(out):
+        tok = load_tokenizer(cfg.model.name)
+        data = prepare_training_data(cfg.data, tok, cfg.seed)
+        fp = Fingerprint.of(cfg, data.digest)
+        plan = check_run_folder(out, fp, cfg)
+        for line in data.lines():
+            print(line)
+        _wait_for_everyone()  # every process has looked at the folder before the main one changes it
+        if main:
+            if plan == "overwrite":
+                removed = ckpt.remove_run(out)
+                print(f"{out}: --overwrite: deleted the previous run ({', '.join(removed)})")
+            fp.write(out)
+            write_jsonl(out / "heldout_users.jsonl", [{"user_id": u} for u in data.heldout_users])
+        _wait_for_everyone()
+        init, ref = cfg.model.name, cfg.model.ref
+        stage_dirs = {}
+        for stage in cfg.stages():
+            stage_dir = out / stage if len(cfg.stages()) > 1 else out
+            final = run_stage(stage, cfg, init, ref, data, stage_dir)
+            stage_dirs[stage] = str(final)
+            init = str(final)
+            ref = None  # after SFT, the SFT model is both the start and the reference
+        if main:
+            if len(cfg.stages()) > 1:
+                ckpt.link_tree(Path(stage_dirs[cfg.stages()[-1]]), out / "final")
+            write_run_record(cfg, out, stage_dirs, data, fp.digest)
