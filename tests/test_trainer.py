@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,6 +232,34 @@ def test_a_data_error_leaves_an_existing_run_as_it_was(dataset, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_unloadable_models_and_damaged_checkpoints_are_one_line_errors(dataset, tmp_path, monkeypatch):
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    with pytest.raises(FspoError, match=r"bad-model: cannot load the tokenizer: \w+"):
+        train(_cfg(dataset, tmp_path / "new" / "run", **{"model.name": str(bad)}))
+    assert not (tmp_path / "new").exists()
+
+    cfg = _cfg(dataset, tmp_path / "run", **{"optim.steps": 3, "save_every": 1, "keep_checkpoints": 0})
+    restore = kill_before_final(monkeypatch)
+    with pytest.raises(Killed):
+        train(cfg)
+    restore()
+    newest = tmp_path / "run" / "checkpoints" / "step-000002"
+    (newest / "optimizer.pt").write_bytes(b"not a pickle")
+    with pytest.raises(
+        FspoError, match=r"step-000002: cannot resume: .*; delete .*step-000002 to resume from an older"
+    ):
+        train(cfg)
+    (newest / "trainer_state.json").write_text("{")
+    with pytest.raises(FspoError, match=r"trainer_state.json: damaged"):
+        train(cfg)
+    (newest.parent / "step-junk").mkdir()
+    (newest.parent / "step-junk" / "trainer_state.json").write_text('{"step": 9}')
+    shutil.rmtree(newest)  # the older checkpoint still resumes; a foreign step-* folder is not one
+    assert train(cfg) and _steps(tmp_path / "run" / "metrics.jsonl") == [0, 1, 2, 3]
+
+
 def test_a_second_train_on_a_busy_folder_is_refused(dataset, tmp_path):
     """The run folder is locked for the whole run: a second writer gets a one-line error at once."""
     from fspo.data.io import lock_output
@@ -290,7 +319,7 @@ def test_rerun_of_a_finished_run_with_another_config_is_refused(dataset, tmp_pat
     assert "cannot be checked" in capsys.readouterr().out and (out / FINGERPRINT_FILE).exists()
     (out / FINGERPRINT_FILE).unlink()
     (out / "fspo_run.json").unlink()
-    with pytest.raises(FspoError, match="without a fingerprint"):
+    with pytest.raises(FspoError, match=r"run: holds heldout_users.jsonl, metrics.jsonl, final but no fingerprint"):
         train(_cfg(moved, out, **{"optim.steps": 2}))
 
     # --overwrite starts over, deleting only the old run's files

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 from fspo.data.io import atomic_dir
+from fspo.errors import FspoError
 
 STATE_FILE = "trainer_state.json"
 STAGES = ("sft", "dpo", "ipo")
@@ -37,7 +39,7 @@ def checkpoint_dirs(stage_dir: Path) -> list[Path]:
     root = stage_dir / "checkpoints"
     if not root.exists():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()]
+    found = [p for p in root.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).exists()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -47,7 +49,17 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 
 def read_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / STATE_FILE).read_text())
+    """The checkpoint's trainer state (``{"step": N}``); a damaged one is a one-line error."""
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 1:
+            raise ValueError("no step")
+    except (OSError, ValueError) as exc:
+        raise FspoError(
+            f"{ckpt / STATE_FILE}: damaged ({exc}); delete {ckpt} to resume from an older checkpoint, "
+            "or use --overwrite"
+        ) from None
+    return state
 
 
 def prune(stage_dir: Path, keep: int) -> None:
@@ -76,9 +88,9 @@ def link_tree(src: Path, dst: Path) -> None:
     atomic_dir(dst, write)
 
 
-def has_run(out: Path) -> bool:
-    """Whether ``out`` holds anything a training run writes."""
-    return any((out / name).exists() for name in RUN_ENTRIES)
+def run_entries(out: Path) -> list[str]:
+    """The names in ``out`` that a training run writes (empty: no run there)."""
+    return [name for name in RUN_ENTRIES if os.path.lexists(out / name)]
 
 
 def remove_run(out: Path) -> list[str]:

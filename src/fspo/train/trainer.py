@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +33,19 @@ from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
+
+
+@contextmanager
+def loading(what: str, hint: str = ""):
+    """Turn a failure to load a model, tokenizer or checkpoint (not a model folder, corrupt weights)
+    into a one-line error: ``WHAT: ExcType: first line of its message; HINT``."""
+    try:
+        yield
+    except FspoError:
+        raise
+    except Exception as exc:
+        message = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise FspoError(f"{what}: {type(exc).__name__}: {message}" + (f"; {hint}" if hint else "")) from None
 
 
 def set_seed(seed: int) -> None:
@@ -269,12 +282,15 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     set_seed(cfg.seed)
     resume = ckpt.latest_checkpoint(stage_dir)
     start_step = ckpt.read_state(resume)["step"] if resume else 0
-    policy, tok = load_policy(init_spec, cfg, resume)
+    damaged = f"delete {resume} to resume from an older checkpoint, or use --overwrite"
+    with loading(f"{resume}: cannot resume", damaged) if resume else loading(f"{init_spec}: cannot load the model"):
+        policy, tok = load_policy(init_spec, cfg, resume)
     ref_model = None
     if stage != "sft" and not cfg.model.lora:
         from fspo.models.registry import load_model
 
-        ref_model, _ = load_model(ref_spec or init_spec, cfg.model.dtype, seed=cfg.seed)
+        with loading(f"{ref_spec or init_spec}: cannot load the reference model"):
+            ref_model, _ = load_model(ref_spec or init_spec, cfg.model.dtype, seed=cfg.seed)
         ref_model.requires_grad_(False).eval()
         ref_model.to(accelerator.device)
     optimizer = build_optimizer(policy, cfg, lr)
@@ -282,8 +298,9 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     metrics_path = stage_dir / "metrics.jsonl"
     if resume:
-        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
+        with loading(f"{resume}: cannot resume", damaged):
+            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+            scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
         accelerator.print(f"[{stage}] resuming from {resume} (step {start_step}/{steps})")
     if accelerator.is_main_process:
         # Rows past the checkpoint are logged again; without a checkpoint every row is.
@@ -431,17 +448,21 @@ def _wait_for_everyone() -> None:
 def check_run_folder(out: Path, fp: Fingerprint, cfg: TrainConfig) -> str:
     """Decide what a run in ``out`` becomes: ``"new"``, ``"continue"`` (the same run: resume it, or
     it is finished), or ``"overwrite"``. Reads only; a different run is refused, naming what changed."""
+    found = ckpt.run_entries(out)
     if cfg.overwrite:
-        return "overwrite" if ckpt.has_run(out) else "new"
+        return "overwrite" if found else "new"
     old = read_fingerprint(out)
     if old is not None:
         diffs = fp.differences(old)
-    elif ckpt.has_run(out):
-        record = read_record(out)
+    elif found:
+        try:
+            record = read_record(out)
+        except FspoError as exc:
+            raise FspoError(f"{exc}; use --overwrite to start over") from None
         if record is None:
             raise FspoError(
-                f"{out}: holds a run without a fingerprint (killed before fspo recorded its configuration?); "
-                "use --overwrite to start over"
+                f"{out}: holds {', '.join(found)} but no fingerprint (a run from an older fspo, or not a run); "
+                "use --overwrite to delete them and start over"
             )
         diffs = fp.legacy_differences(record.config, asdict(cfg))
         if not diffs:
@@ -482,7 +503,8 @@ def _train(cfg: TrainConfig, out: Path, main: bool) -> None:
     from fspo.models.registry import load_tokenizer
 
     with lock_output(out) if main else nullcontext(out):
-        tok = load_tokenizer(cfg.model.name)
+        with loading(f"{cfg.model.name}: cannot load the tokenizer"):
+            tok = load_tokenizer(cfg.model.name)
         data = prepare_training_data(cfg.data, tok, cfg.seed)
         fp = Fingerprint.of(cfg, data.digest)
         plan = check_run_folder(out, fp, cfg)
