@@ -299,8 +299,10 @@ def test_rerun_of_a_finished_run_with_another_config_is_refused(dataset, tmp_pat
         f"{out}: trained with a different configuration (data.shots: 4 -> 2, optim.lr: 5e-05 -> 0.0001); "
         "use --overwrite to start over"
     )
-    with pytest.raises(FspoError, match=r"\(model.name: tiny -> "):
-        train(_cfg(dataset, out, **{"optim.steps": 2, "model.name": str(out)}))
+    with pytest.raises(FspoError, match=r"\(model.ref: null -> tiny\); use --overwrite"):
+        train(_cfg(dataset, out, **{"optim.steps": 2, "model.ref": "tiny"}))
+    with pytest.raises(FspoError, match=r"model.name .* is inside --out .*; train into another folder"):
+        train(_cfg(dataset, out, **{"optim.steps": 2, "model.name": str(out), "overwrite": True}))
     moved = dataset.rename(tmp_path / "moved")  # the same records elsewhere are the same data
     train(_cfg(moved, out, **{"optim.steps": 2}))
     record = (out / "fspo_run.json").read_text()
@@ -328,6 +330,26 @@ def test_rerun_of_a_finished_run_with_another_config_is_refused(dataset, tmp_pat
     assert read_record(out).config["optim"]["lr"] == 1e-4 and (out / "notes.txt").read_text() == "mine"
     assert (out / "final" / "model.safetensors").read_bytes() != weights
     assert read_record(out).fingerprint == read_fingerprint(out).digest
+
+
+def test_model_identity_follows_the_weights_not_the_path(tmp_path):
+    from fspo.train.fingerprint import model_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = bytearray(range(256)) * (40 << 12)  # 40 MiB: hashed in sampled chunks
+    (model / "model.safetensors").write_bytes(weights)
+    first = model_identity(str(model))
+    assert model_identity("tiny") == "tiny" and first.startswith("sha256:")
+    copy = shutil.copytree(model, tmp_path / "copy")  # other path, other mtimes: the same model
+    (copy / "fspo_run.json").write_text("{}")  # a run record is not part of the weights
+    assert model_identity(str(copy)) == first
+    for offset in (0, len(weights) - 1):  # retrained weights change everywhere; the ends are always read
+        changed = bytearray(weights)
+        changed[offset] ^= 1
+        (copy / "model.safetensors").write_bytes(changed)
+        assert model_identity(str(copy)) != first
 
 
 def test_resume_of_a_killed_run_checks_its_config_and_tolerates_a_torn_metrics_line(

@@ -448,6 +448,9 @@ def _wait_for_everyone() -> None:
 def check_run_folder(out: Path, fp: Fingerprint, cfg: TrainConfig) -> str:
     """Decide what a run in ``out`` becomes: ``"new"``, ``"continue"`` (the same run: resume it, or
     it is finished), or ``"overwrite"``. Reads only; a different run is refused, naming what changed."""
+    for option, spec in (("model.name", cfg.model.name), ("model.ref", cfg.model.ref)):
+        if spec and Path(spec).is_dir() and Path(spec).resolve().is_relative_to(out.resolve()):
+            raise FspoError(f"{option} {spec} is inside --out {out}; train into another folder")
     found = ckpt.run_entries(out)
     if cfg.overwrite:
         return "overwrite" if found else "new"
