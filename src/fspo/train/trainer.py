@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fspo.data.io import atomic_dir, lock_output, write_jsonl
-from fspo.data.runs import FINAL_DIR, RunRecord, read_record
+from fspo.data.runs import FINAL_DIR, PRESETS, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
 from fspo.errors import FspoError
 from fspo.train import checkpoint as ckpt
@@ -449,7 +449,7 @@ def check_run_folder(out: Path, fp: Fingerprint, cfg: TrainConfig) -> str:
     """Decide what a run in ``out`` becomes: ``"new"``, ``"continue"`` (the same run: resume it, or
     it is finished), or ``"overwrite"``. Reads only; a different run is refused, naming what changed."""
     for option, spec in (("model.name", cfg.model.name), ("model.ref", cfg.model.ref)):
-        if spec and Path(spec).is_dir() and Path(spec).resolve().is_relative_to(out.resolve()):
+        if spec and spec not in PRESETS and Path(spec).is_dir() and Path(spec).resolve().is_relative_to(out.resolve()):
             raise FspoError(f"{option} {spec} is inside --out {out}; train into another folder")
     found = ckpt.run_entries(out)
     if cfg.overwrite:
