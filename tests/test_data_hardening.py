@@ -359,7 +359,7 @@ def no_model(monkeypatch):
 def test_synth_heldout_fraction_out_of_range(tmp_path, capsys, fraction, no_model):
     assert main([*SYNTH, "--out", str(tmp_path / "out"), "--heldout-users", fraction]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fspo synth: error: heldout_users: must be") and err.count("\n") == 1
+    assert err.startswith("fspo synth: error: --heldout_users: must be") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

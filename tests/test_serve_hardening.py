@@ -347,7 +347,7 @@ def test_serve_bad_options_are_one_line_errors(tmp_path, capsys, monkeypatch) ->
     one_line_error(capsys, [*base, "--db", db, "--port", "99999"], "--port")
     one_line_error(capsys, [*base, "--db", db, "--port", "-1"], "--port")
     one_line_error(capsys, [*base, "--db", db, "--host", "no.such.host.invalid"], "--host")
-    one_line_error(capsys, [*base, "--db", db, "--cache-users", "-1"], "--cache-users")
+    one_line_error(capsys, [*base, "--db", db, "--cache-users", "-1"], "--cache_users")
     missing = str(tmp_path / "missing.key")
     one_line_error(capsys, [*base, "--db", db, "--port", "0", "--api-key-file", missing], "--api-key-file")
     (tmp_path / "empty.key").write_text("\n\n")
@@ -372,8 +372,8 @@ def test_personalize_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
     prefs = tmp_path / "p.jsonl"
     prefs.write_text(json.dumps({"user_id": "u", "prompt": "Q?", "chosen": "yes", "rejected": "no"}) + "\n")
     base = ["personalize", "--model", "tiny", "--prefs", str(prefs), "Hi?"]
-    one_line_error(capsys, [*base, "--max-new-tokens", "0"], "--max-new-tokens")
-    one_line_error(capsys, [*base, "--max-new-tokens", "-5"], "--max-new-tokens")
+    one_line_error(capsys, [*base, "--max-new-tokens", "0"], "--max_new_tokens")
+    one_line_error(capsys, [*base, "--max-new-tokens", "-5"], "--max_new_tokens")
     one_line_error(capsys, [*base, "--temperature", "nan"], "--temperature")
     one_line_error(capsys, [*base, "--temperature", "-1"], "--temperature")
     one_line_error(capsys, [*base, "--seed", "-1"], "--seed")

@@ -338,5 +338,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """The config a subcommand runs with: defaults <- ``--config`` YAML <- flags and overrides."""
-    return load_config(cls, getattr(args, "config", None), overrides_from_args(args))
+    """The config a subcommand runs with: defaults <- ``--config`` YAML <- flags and overrides.
+    A bad value given as a flag is named as the flag (``--port: must be <= 65535``)."""
+    overrides = overrides_from_args(args)
+    try:
+        return load_config(cls, getattr(args, "config", None), overrides)
+    except FspoError as exc:
+        message = str(exc)
+        flags = {k for k in vars(args) if k.startswith("cfg:") and getattr(args, k) is not None}
+        for key in sorted(overrides, key=len, reverse=True):
+            if message.startswith(f"{key}:") and f"cfg:{key}" in flags:
+                raise FspoError(f"--{message}") from None
+        raise

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fspo.config import Config, opt
+
 
 @dataclass
 class DemoPlan:
@@ -313,7 +315,18 @@ def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> 
     write_text_atomic(out / "demo.json", json.dumps(summary, indent=2))
 
 
+@dataclass
+class DemoConfig(Config):
+    out: str = opt("demo", "output folder")
+    fast: bool = opt(False, "a smoke-sized run (under 3 minutes)")
+    model: str = opt("smollm2", "smollm2 | tiny | a local model folder")
+    seed: int = opt(0, "seed of every stage", ge=0)
+    progress: bool = opt(True, "progress bars")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from fspo.config import add_config_arguments
+
     p = sub.add_parser(
         "demo",
         help="the whole loop on the embedded model: synth -> train -> eval -> report (about 20 min on 2 CPU cores)",
@@ -321,14 +334,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate base, few-shot prompting and FSPO on held-out users. Everything is written under --out; a second "
         "run reuses finished stages.",
     )
-    p.add_argument("--out", default="demo", help="output folder (default: demo)")
-    p.add_argument("--fast", action="store_true", help="a smoke-sized run (under 3 minutes)")
-    p.add_argument("--model", default="smollm2", help="smollm2 (default) | tiny | a local model folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(p, DemoConfig, {"quiet": "!progress"})
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.fast, args.model, args.seed, not args.quiet)
+    from fspo.config import config_from_args
+
+    cfg = config_from_args(DemoConfig, args)
+    run_demo(cfg.out, cfg.fast, cfg.model, cfg.seed, cfg.progress)
     return 0

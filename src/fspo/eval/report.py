@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from fspo.data.io import write_text_atomic
+from fspo.data.prompts import layout_of
 
 
 def _fmt(x: float | None, pct: bool = True) -> str:
@@ -80,7 +81,7 @@ def plot_reward_accuracy(result: dict, path: Path) -> bool:
             ys = [100 * p["accuracy"] for p in pts]
             kind = "h>0" if curve["metric"] == "implicit_reward" else "LL"
             color = f"C{k}"
-            if curve["layout"] == "zeroshot":  # no shots in the prompt: one number, drawn as a level
+            if not layout_of(curve["layout"]).shows_shots:  # no shots in the prompt: one number, drawn as a level
                 ax.axhline(ys[0], color=color, linestyle=":", linewidth=1.5, label=f"{method} ({kind}, no context)")
                 continue
             # max(0, ...): at 0% or 100% the Wilson bound equals the point up to rounding, and

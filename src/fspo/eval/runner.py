@@ -13,7 +13,9 @@ call is cached in ``OUT/cache.sqlite``: a rerun with the same settings replays, 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fspo.errors import FspoError
 from fspo.eval.config import EvalConfig
@@ -91,44 +93,56 @@ def _attribute_match(users: dict, gens) -> dict | None:
     return {"all": sum(all_ok) / len(all_ok), "axes": {a: sum(v) / len(v) for a, v in per_axis.items()}}
 
 
-def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
-    """Run the evaluation described by ``cfg``; write OUT/eval.json, report.md, PNGs; return the result.
-    ``judge_backend``: any text backend for the LLM judge (Python API), instead of ``judge_model``."""
-    from fspo.data.io import load_data, write_jsonl
-    from fspo.eval.generate import ModelPool, generate_method, open_cache, select_episodes
-    from fspo.eval.judges import AttributeJudge, Comparison, LLMJudge, verdict_kinds
-    from fspo.eval.report import write_report
-    from fspo.eval.winrate import Outcome, score_from_preference, summarize
+@dataclass
+class EvalPlan:
+    """What every stage evaluates: the method rows and their models, the held-out users and the
+    query episodes (the same queries and shots for every row)."""
 
-    t0 = time.perf_counter()
-    timing: dict[str, float] = {}
+    methods: list[str]
+    infos: dict  # method -> ResolvedModel
+    budgets: dict[str, int]  # method -> tokens per sequence, prompt + answer
+    base_model: str
+    shots: int
+    data: Any  # PreferenceData
+    users: list[str]  # evaluated held-out users
+    all_heldout: list[str]  # every held-out user (held-out questions exclude them all)
+    records: list  # the evaluated users' rows
+    descriptions: dict[str, str]
+    episodes: list  # one per query
+    notes: list[str] = field(default_factory=list)
+
+    def config_dict(self, cfg: EvalConfig) -> dict:
+        return cfg.to_dict() | {"methods": self.methods, "base_model": self.base_model, "shots": self.shots}
+
+
+def plan_eval(cfg: EvalConfig) -> EvalPlan:
+    """Resolve methods, models, token budgets, held-out users and query episodes; check them all
+    before any model is loaded."""
+    from fspo.data.io import load_data
+    from fspo.data.runs import DEFAULT_MAX_LENGTH, DEFAULT_SHOTS, resolve_model
+    from fspo.data.splits import evenly_spaced
+    from fspo.eval.generate import select_episodes
+
     methods = parse_methods(cfg.methods)
     notes: list[str] = []
-    if cfg.baseline not in METHODS:
-        raise FspoError(f"unknown baseline {cfg.baseline!r}; choose from {', '.join(METHODS)}")
     if cfg.baseline not in methods:
         methods = [cfg.baseline] + methods
         notes.append(f"baseline {cfg.baseline!r} added to the methods")
-    from fspo.data.runs import DEFAULT_MAX_LENGTH, DEFAULT_SHOTS, resolve_model
-
     run_info = resolve_model(cfg.model, must_exist=False) if cfg.model else None
     base_model = cfg.base_model or (run_info.base_model if run_info else None) or "smollm2"
     infos = assign_models(methods, base_model, cfg.model, dict(cfg.method_models))
     notes += layout_warnings(infos)
-    shots = cfg.shots if cfg.shots is not None else (run_info.n_shots if run_info and run_info.trained else DEFAULT_SHOTS)
+    trained = run_info is not None and run_info.trained
+    shots = cfg.shots if cfg.shots is not None else (run_info.n_shots if trained else DEFAULT_SHOTS)
     # One token budget (prompt + answer): a trained row uses its own; untrained rows the trained
     # model's, so every row sees the same shots.
-    default_budget = run_info.max_length if run_info and run_info.trained else DEFAULT_MAX_LENGTH
+    default_budget = run_info.max_length if trained else DEFAULT_MAX_LENGTH
     budgets = {n: cfg.max_length or (i.max_length if i.trained else default_budget) for n, i in infos.items()}
-    cfg_dict = cfg.to_dict() | {"methods": methods, "base_model": base_model, "shots": shots}
 
     data = load_data(cfg.data)
-    users, user_notes = _eval_users(cfg, data, infos)
+    all_heldout, user_notes = _eval_users(cfg, data, infos)
     notes += user_notes
-    from fspo.data.splits import evenly_spaced
-
-    all_heldout = list(users)
-    users = evenly_spaced(users, cfg.users) if cfg.users else users
+    users = evenly_spaced(all_heldout, cfg.users) if cfg.users else list(all_heldout)
     descriptions = {u.user_id: u.description for u in data.users.values() if u.description}
     for name in methods:
         if METHODS[name].prompt_layout.needs_description and any(u not in descriptions for u in users):
@@ -137,98 +151,95 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
     episodes = select_episodes(records, shots, cfg.seed, 0, cfg.queries)
     if not episodes:
         raise FspoError("no evaluation queries (users need at least 2 preferences with distinct questions)")
-    _say(cfg, f"eval: {len(users)} held-out users, {len(episodes)} queries, N={shots}, methods: {', '.join(methods)}")
+    return EvalPlan(
+        methods, infos, budgets, base_model, shots, data, users, all_heldout, records, descriptions, episodes, notes
+    )
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = open_cache(out)
-    pool = ModelPool(seed=cfg.seed)
 
-    # 1. Reward accuracy vs shots.
-    reward: dict[str, dict] = {}
-    if cfg.reward_accuracy:
-        from fspo.eval.generate import heldout_question_records
-        from fspo.eval.reward_accuracy import Scorer, reward_accuracy_curve
+def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[str, dict]:
+    """Stage 1: reward accuracy vs shots of every row, on held-out users and on held-out questions
+    of training users."""
+    from fspo.eval.generate import heldout_question_records, select_episodes
+    from fspo.eval.reward_accuracy import Scorer, reward_accuracy_curve
 
-        t = time.perf_counter()
-        splits = {"heldout_users": (records, None)}
-        hq = heldout_question_records(data, all_heldout) if cfg.heldout_questions else []
-        if hq:
-            splits["heldout_questions"] = (hq, "test")
-        curve_eps = {
-            split: {
-                n: select_episodes(rows, n, cfg.seed, cfg.users if split != "heldout_users" else 0, cfg.queries, qs)
-                for n in sorted(set(cfg.shots_curve))
-            }
-            for split, (rows, qs) in splits.items()
+    splits = {"heldout_users": (plan.records, None)}
+    hq = heldout_question_records(plan.data, plan.all_heldout) if cfg.heldout_questions else []
+    if hq:
+        splits["heldout_questions"] = (hq, "test")
+    curve_eps = {
+        split: {
+            n: select_episodes(rows, n, cfg.seed, cfg.users if split != "heldout_users" else 0, cfg.queries, qs)
+            for n in sorted(set(cfg.shots_curve))
         }
-        for name in methods:
-            info, m = infos[name], METHODS[name]
-            scorer = Scorer(
-                info.spec,
-                info.reference,
-                m.layout,
-                info.reduction if info.reference else cfg.reward_reduction,
-                info.chat_template,
-            )
-            _say(cfg, f"reward accuracy: {name} ({scorer.metric})")
-            try:
-                reward[name] = {
-                    "splits": {
-                        split: reward_accuracy_curve(
-                            scorer, eps, pool, cache, budgets[name], descriptions, max(1, cfg.batch_size // 2)
-                        )
-                        for split, eps in curve_eps.items()
-                    }
+        for split, (rows, qs) in splits.items()
+    }
+    reward: dict[str, dict] = {}
+    for name in plan.methods:
+        info, m = plan.infos[name], METHODS[name]
+        reduction = info.reduction if info.reference else cfg.reward_reduction
+        scorer = Scorer(info.spec, info.reference, m.layout, reduction, info.chat_template)
+        _say(cfg, f"reward accuracy: {name} ({scorer.metric})")
+        try:
+            reward[name] = {
+                "splits": {
+                    split: reward_accuracy_curve(
+                        scorer, eps, pool, cache, plan.budgets[name], plan.descriptions, max(1, cfg.batch_size // 2)
+                    )
+                    for split, eps in curve_eps.items()
                 }
-            except ValueError as exc:
-                raise FspoError(f"reward accuracy of {name}: {exc}") from None
-            if m.prompt_layout.writes_description:
-                notes.append(f"{name}: reward accuracy scores the answer after the gold description (an upper bound)")
-        timing["reward_accuracy_s"] = time.perf_counter() - t
+            }
+        except ValueError as exc:
+            raise FspoError(f"reward accuracy of {name}: {exc}") from None
+        if m.prompt_layout.writes_description:
+            plan.notes.append(f"{name}: reward accuracy scores the answer after the gold description (an upper bound)")
+    return reward
 
-    # 2. Generations.
-    t = time.perf_counter()
-    gens = {}
+
+def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict[str, list], dict[str, dict]]:
+    """Stage 2: every row's greedy answers to the same queries; (generations, method rows)."""
+    from fspo.eval.generate import generate_method
+
+    gens: dict[str, list] = {}
     method_rows: dict[str, dict] = {}
-    for name in methods:
-        info = infos[name]
+    for name in plan.methods:
+        info = plan.infos[name]
         _say(cfg, f"generate: {name} with {info.spec}")
         g, stats = generate_method(
             name,
             METHODS[name].layout,
             info.spec,
-            episodes,
-            descriptions,
+            plan.episodes,
+            plan.descriptions,
             pool,
             cache,
             cfg.max_new_tokens,
-            budgets[name],
+            plan.budgets[name],
             info.chat_template,
             cfg.batch_size,
             cfg.progress,
         )
         gens[name] = g
         if stats["empty_answers"]:
-            notes.append(f"{name}: {stats['empty_answers']}/{len(g)} answers empty after parsing (judged as empty)")
+            plan.notes.append(
+                f"{name}: {stats['empty_answers']}/{len(g)} answers empty after parsing (judged as empty)"
+            )
         if stats["echoed_question"]:
-            notes.append(f"{name}: {stats['echoed_question']}/{len(g)} answers only repeat the question")
+            plan.notes.append(f"{name}: {stats['echoed_question']}/{len(g)} answers only repeat the question")
         method_rows[name] = {
             "model": info.spec,
             "reference": info.reference,
             "layout": METHODS[name].layout,
             "n": len(g),
             "generation": stats,
-            "attribute_match": _attribute_match(data.users, g),
+            "attribute_match": _attribute_match(plan.data.users, g),
         }
-    timing["generation_s"] = time.perf_counter() - t
-    write_jsonl(out / "generations.jsonl", [x.to_dict() for name in methods for x in gens[name]])
+    return gens, method_rows
 
-    # 3. Judge every method against the baseline on the same queries.
-    t = time.perf_counter()
-    # 3a. Acceptability of every answer (issue 13, section 1): empty / echo / template leak /
-    # degenerate / off-topic, thresholds calibrated on the baseline row and the data's answers to
-    # the same questions; both judges gate on it, and each method row gets its `quality`.
+
+def assess_answers(cfg: EvalConfig, plan: EvalPlan, gens: dict[str, list], method_rows: dict[str, dict], pool, cache):
+    """Stage 3: acceptability of every answer (empty / echo / template leak / degenerate / off-topic;
+    issue 13), thresholds calibrated on the baseline row and the data's answers to the same
+    questions; both judges gate on it, and each method row gets its ``quality`` with samples."""
     from fspo.eval.acceptability import (
         answer_nll,
         assess_methods,
@@ -237,25 +248,34 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
         sample_answers,
     )
 
-    base_chat = next((infos[m].chat_template for m in methods if infos[m].spec == base_model), False)
-    shot_texts = [tuple(x for s in ep.shots for x in (s.chosen, s.rejected)) for ep in episodes]
+    infos = plan.infos
+    base_chat = next((infos[m].chat_template for m in plan.methods if infos[m].spec == plan.base_model), False)
+    shot_texts = [tuple(x for s in ep.shots for x in (s.chosen, s.rejected)) for ep in plan.episodes]
     flags, calibration, quality_notes = assess_methods(
-        {name: [(g.question, g.answer) for g in gens[name]] for name in methods},
+        {name: [(g.question, g.answer) for g in gens[name]] for name in plan.methods},
         shot_texts,
         cfg.baseline,
-        references=[(ep.query.prompt, x) for ep in episodes for x in (ep.query.chosen, ep.query.rejected)],
-        nll_fn=lambda pairs: answer_nll(base_model, pairs, pool, cache, base_chat, cfg.batch_size),
+        references=[(ep.query.prompt, x) for ep in plan.episodes for x in (ep.query.chosen, ep.query.rejected)],
+        nll_fn=lambda pairs: answer_nll(plan.base_model, pairs, pool, cache, base_chat, cfg.batch_size),
         similarity_fn=embedding_similarity,
     )
-    notes += quality_notes
-    for name in methods:
+    plan.notes.extend(quality_notes)
+    for name in plan.methods:
         method_rows[name]["quality"] = quality_summary(flags[name], sample_answers(gens[name], flags[name]))
-    timing["acceptability_s"] = time.perf_counter() - t
-    judge = AttributeJudge() if cfg.judge == "attribute" else LLMJudge(_judge_backend(cfg, pool, cache, judge_backend))
+    return flags, calibration, shot_texts
+
+
+def judge_against_baseline(cfg: EvalConfig, plan: EvalPlan, gens, flags, shot_texts, judge):
+    """Stage 4: every row against the baseline on the same queries; (win rates, verdict kinds,
+    one comparison row per query)."""
+    from fspo.eval.judges import Comparison, verdict_kinds
+    from fspo.eval.winrate import Outcome, score_from_preference, summarize
+
+    users = plan.data.users
     win: dict[str, dict] = {}
     kinds: dict[str, dict] = {}
-    comparisons_out = []
-    for name in methods:
+    comparisons: list[dict] = []
+    for name in plan.methods:
         if name == cfg.baseline:
             continue
         items = [
@@ -264,8 +284,8 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
                 a.question,
                 a.answer,
                 b.answer,
-                descriptions.get(a.user_id, ""),
-                data.users[a.user_id].attributes if a.user_id in data.users else {},
+                plan.descriptions.get(a.user_id, ""),
+                users[a.user_id].attributes if a.user_id in users else {},
                 flags[name][i],
                 flags[cfg.baseline][i],
                 shot_texts[i],
@@ -278,14 +298,63 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
         ]
         win[name] = summarize(outcomes, cfg.n_boot, cfg.seed, cfg.ci_level, cfg.bootstrap_unit)
         kinds[name] = verdict_kinds(verdicts)
-        comparisons_out += [
+        comparisons += [
             {"method": name, "user_id": it.user_id, "question": it.question, "preference": v.preference, **v.detail}
             for it, v in zip(items, verdicts)
         ]
+    return win, kinds, comparisons
+
+
+def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
+    """Run the evaluation described by ``cfg``; write OUT/eval.json, report.md, PNGs; return the result.
+    ``judge_backend``: any text backend for the LLM judge (Python API), instead of ``judge_model``.
+    Holds the lock on ``cfg.out``: a second eval into the same folder fails at once."""
+    from fspo.data.io import lock_output
+
+    plan = plan_eval(cfg)
+    with lock_output(cfg.out):
+        return _run_stages(cfg, plan, judge_backend)
+
+
+def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
+    from fspo.data.io import write_jsonl
+    from fspo.eval.generate import ModelPool, open_cache
+    from fspo.eval.judges import AttributeJudge, LLMJudge
+    from fspo.eval.report import write_report
+
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    _say(
+        cfg,
+        f"eval: {len(plan.users)} held-out users, {len(plan.episodes)} queries, N={plan.shots}, "
+        f"methods: {', '.join(plan.methods)}",
+    )
+    out = Path(cfg.out)
+    cache = open_cache(out)
+    pool = ModelPool(seed=cfg.seed)
+
+    reward: dict[str, dict] = {}
+    if cfg.reward_accuracy:
+        t = time.perf_counter()
+        reward = score_reward_accuracy(cfg, plan, pool, cache)
+        timing["reward_accuracy_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gens, method_rows = generate_answers(cfg, plan, pool, cache)
+    timing["generation_s"] = time.perf_counter() - t
+    write_jsonl(out / "generations.jsonl", [x.to_dict() for name in plan.methods for x in gens[name]])
+
+    t = time.perf_counter()
+    flags, calibration, shot_texts = assess_answers(cfg, plan, gens, method_rows, pool, cache)
+    timing["acceptability_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    judge = AttributeJudge() if cfg.judge == "attribute" else LLMJudge(_judge_backend(cfg, pool, cache, judge_backend))
+    win, kinds, comparisons = judge_against_baseline(cfg, plan, gens, flags, shot_texts, judge)
     timing["judge_s"] = time.perf_counter() - t
-    write_jsonl(out / "comparisons.jsonl", comparisons_out)
-    if len(users) < 5 and cfg.bootstrap_unit == "user":
-        notes.append(f"only {len(users)} users: the user-level bootstrap CI is coarse")
+    write_jsonl(out / "comparisons.jsonl", comparisons)
+    if len(plan.users) < 5 and cfg.bootstrap_unit == "user":
+        plan.notes.append(f"only {len(plan.users)} users: the user-level bootstrap CI is coarse")
 
     judge_info: dict = {"name": judge.name, "kinds": {k: v for k, v in kinds.items() if v}}
     judge_info["acceptability"] = calibration.to_dict()
@@ -295,14 +364,14 @@ def run_eval(cfg: EvalConfig, judge_backend=None) -> dict:
         judge_info["prompt_example"] = flatten(judge_messages("<description>", "<question>", "<A>", "<B>", True))
     timing["total_s"] = time.perf_counter() - t0
     result = {
-        "config": cfg_dict,
-        "users": users,
-        "n_queries": len(episodes),
+        "config": plan.config_dict(cfg),
+        "users": plan.users,
+        "n_queries": len(plan.episodes),
         "methods": method_rows,
         "win_rate": win,
         "judge": judge_info,
         "reward_accuracy": reward,
-        "notes": notes,
+        "notes": plan.notes,
         "timing": timing,
     }
     files = write_report(result, out)

@@ -12,61 +12,39 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fspo.errors import FspoError
 
+if TYPE_CHECKING:
+    from fspo.serve.config import ServeConfig
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from fspo.config import add_config_arguments
+    from fspo.serve.config import PersonalizeConfig, ServeConfig
+
     p = sub.add_parser(
         "personalize",
         help="answer a question personalized to one user's labeled preferences",
         description="Answer QUESTION conditioned on the user's preference pairs in --prefs. RAT models also print "
-        "the user description they inferred.",
+        "the user description they inferred. Options come from defaults, then --config YAML, then flags.",
     )
     p.add_argument("question", help="the question to answer")
-    p.add_argument("--model", required=True, help="run folder (fspo train output), model folder, 'tiny' or 'smollm2'")
-    p.add_argument("--prefs", required=True, help="the user's preferences (JSONL/JSON/Parquet, canonical format)")
-    p.add_argument("--user", help="which user_id in --prefs (required when the file holds several users)")
-    p.add_argument("--layout", help="override the run's prompt layout (fspo, rat, prefonly, zeroshot)")
-    p.add_argument("--shots", type=int, help="override the run's number of shots (most recent pairs are used)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help=f"1 to {MAX_NEW_TOKENS} (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 to 2; 0 (or below 1e-5) is greedy (default)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2**63-1")
-    p.add_argument("--show-prompt", action="store_true", help="print the rendered prompt to stderr")
+    add_config_arguments(p, PersonalizeConfig)
     p.set_defaults(func=run_personalize)
 
     s = sub.add_parser(
         "serve",
         help="HTTP API: per-user preferences, personalized generation, OpenAI-compatible chat",
-        description="Serve personalized generation over HTTP (see docs/serving.md). OpenAPI spec at /openapi.json.",
+        description="Serve personalized generation over HTTP (see docs/serving.md). OpenAPI spec at /openapi.json. "
+        "Options come from defaults, then --config YAML, then flags.",
     )
-    s.add_argument("--model", required=True, help="run folder, model folder, 'tiny' or 'smollm2'")
-    s.add_argument("--db", default="fspo_serve.sqlite", help="SQLite file for users and preferences")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000, help="0 to 65535 (0: any free port, printed at start)")
-    s.add_argument(
-        "--api-key",
-        action="append",
-        help="admin key (repeatable). Visible to other users of this machine in the process list: prefer "
-        "--api-key-file or the environment variable FSPO_API_KEY",
-    )
-    s.add_argument("--api-key-file", help="file with admin keys, one per line (keep it mode 0600)")
-    s.add_argument("--cache-users", type=int, default=32, help="users whose prefix KV cache is kept (LRU), 0 to 100000")
-    s.add_argument("--layout", help="override the run's prompt layout")
-    s.add_argument("--shots", type=int, help="override the run's number of shots")
-    s.add_argument("--name", default=None, help="model name reported by /v1/models (default: --model)")
+    add_config_arguments(s, ServeConfig)
     s.set_defaults(func=run_serve)
 
 
-MAX_NEW_TOKENS = 8192
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:  # also refuses NaN
-        raise FspoError(f"{name} must be from {low:g} to {high:g}, got {value}")
-
-
-def admin_keys(args: argparse.Namespace) -> list[str]:
+def admin_keys(args: ServeConfig) -> list[str]:
     """Admin keys from --api-key and --api-key-file, else FSPO_API_KEY, else one random key (printed)."""
     keys = [k.strip() for k in args.api_key or [] if k.strip()]
     if args.api_key_file:
@@ -117,18 +95,18 @@ def _user_shots(path: str, user: str | None):
     return user, shots
 
 
-def run_personalize(args: argparse.Namespace) -> int:
+def run_personalize(cli: argparse.Namespace) -> int:
+    from fspo.config import config_from_args
     from fspo.data.runs import resolve_model
     from fspo.serve.api import sampling
+    from fspo.serve.config import PersonalizeConfig
 
-    _check_range("--max-new-tokens", args.max_new_tokens, 1, MAX_NEW_TOKENS)
-    _check_range("--temperature", args.temperature, 0.0, 2.0)
-    _check_range("--seed", args.seed, 0, 2**63 - 1)
+    args = config_from_args(PersonalizeConfig, cli)
     info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
     user, shots = _user_shots(args.prefs, args.user)
     engine = load_engine(info, cache_users=0)
     params = sampling(args.max_new_tokens, args.temperature, None, args.seed)
-    out = engine.generate(user, shots, args.question, params, use_cache=False)
+    out = engine.generate(user, shots, cli.question, params, use_cache=False)
     if args.show_prompt:
         print(out.prompt, file=sys.stderr)
     note = f"[{info.layout} layout, {out.shots_used} of {out.shots_available} preference pairs used"
@@ -141,13 +119,15 @@ def run_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(cli: argparse.Namespace) -> int:
+    from fspo.config import config_from_args
     from fspo.data.runs import resolve_model
     from fspo.serve.api import create_app
+    from fspo.serve.config import ServeConfig
     from fspo.serve.live import listen, run_server
     from fspo.serve.users import UserStore
 
-    _check_range("--cache-users", args.cache_users, 0, 100_000)
+    args = config_from_args(ServeConfig, cli)
     store = UserStore(args.db)  # a folder or a file that is not SQLite: a one-line error
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
     keys = admin_keys(args)

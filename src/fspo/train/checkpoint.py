@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from fspo.data.io import atomic_dir
+from fspo.data.runs import FINAL_DIR, RUN_FILE
 from fspo.errors import FspoError
 
 STATE_FILE = "trainer_state.json"
@@ -25,11 +26,11 @@ STAGES = ("sft", "dpo", "ipo")
 # The folder lock (``.fspo.lock``) is not one of them: it belongs to whoever holds it.
 RUN_ENTRIES = (
     "fspo_fingerprint.json",
-    "fspo_run.json",
+    RUN_FILE,
     "heldout_users.jsonl",
     "metrics.jsonl",
     "checkpoints",
-    "final",
+    FINAL_DIR,
     *STAGES,
     *(f"fspo-{stage}" for stage in STAGES),  # tensorboard logs
 )

@@ -1,7 +1,7 @@
 """What a run's weights depend on, so that a rerun into the same ``--out`` continues only the same run.
 
 ``fspo train`` writes ``fspo_fingerprint.json`` into the run folder before anything else (so a run
-killed before its first checkpoint has one) and copies its digest into ``fspo_run.json``. A rerun
+killed before its first checkpoint has one) and copies its digest into the run record. A rerun
 computes the fingerprint again and compares it key by key: equal, it resumes (or says the run is
 finished); different, it refuses and names what changed, unless ``--overwrite`` starts over.
 

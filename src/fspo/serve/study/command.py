@@ -31,10 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--base-url", default="http://127.0.0.1:8080", help="printed invite links start with this")
     i.set_defaults(func=run_init)
 
-    s = ss.add_parser("serve", help="serve the study web app")
-    s.add_argument("--db", required=True)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080, help="0 to 65535 (0: any free port, printed at start)")
+    from fspo.config import add_config_arguments
+    from fspo.serve.config import StudyServeConfig
+
+    s = ss.add_parser(
+        "serve", help="serve the study web app", description="Options come from defaults, --config YAML, then flags."
+    )
+    add_config_arguments(s, StudyServeConfig)
     s.set_defaults(func=run_serve)
 
     e = ss.add_parser("export", help="write the comparisons (and optionally labels) as CSV")
@@ -90,10 +93,13 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(cli: argparse.Namespace) -> int:
+    from fspo.config import config_from_args
+    from fspo.serve.config import StudyServeConfig
     from fspo.serve.live import listen, run_server
     from fspo.serve.study.app import answer_budgets, check_fit, create_app, load_engines
 
+    args = config_from_args(StudyServeConfig, cli)
     store = _open(args.db)
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
     config = store.config()
