@@ -116,6 +116,31 @@ def _fmt(x) -> str:
     return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
+def _diversity_lines(div: dict | None) -> list[str]:
+    """The lexical-diversity table (fspo.synth.diversity) of the answers, when the run measured it."""
+    if not div:
+        return []
+    rows = [
+        ("all answers in prefs.jsonl", div.get("answers")),
+        ("answers of style pairs", div.get("style_pairs")),
+        ("distinct generated responses", div.get("responses")),
+    ]
+    lines = [
+        "## Lexical diversity",
+        "",
+        "| corpus | answers | unique | distinct-2 | distinct-3 | answers with a repeated 4-gram | top 4-gram (share) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, d in rows:
+        if d and d.get("answers"):
+            lines.append(
+                f"| {name} | {d['answers']} | {_fmt(d['unique_answers'])} | {_fmt(d['distinct_2'])} | "
+                f"{_fmt(d['distinct_3'])} | {_fmt(d['repeated_4gram_answers'])} | "
+                f'"{d["top_4gram"]}" ({_fmt(d["top_4gram_share"])}) |'
+            )
+    return [*lines, "", "distinct-n: distinct word n-grams / all n-grams over the corpus (docs/synth.md).", ""]
+
+
 def render_report(d: dict) -> str:
     sim, ent, oc = d["similarity"], d["entropy"], d["order_consistency"]
     lines = [
@@ -137,6 +162,7 @@ def render_report(d: dict) -> str:
         "Lower similarity = more diverse responses (paper: 0.94 for one model at T=1, 0.71 with ensemble + views).",
         "Entropy is the binary entropy of each pair's label across both judging orders (0 = self-consistent).",
         "",
+        *_diversity_lines(d.get("diversity")),
         "## Counts per stage",
         "",
         "| stage | count |",
