@@ -18,6 +18,14 @@ class SynthConfig(Config):
     seed: int = opt(0, "seed of every random choice", ge=0)
     heldout_users: float = opt(0.25, "fraction of users marked test (whole users)", ge=0.0, lt=1.0)
     heldout_questions: float = opt(0.0, "fraction of questions marked test (for every user)", ge=0.0, lt=1.0)
+    offtopic_pairs: float = opt(
+        0.25,
+        "share of each training user's training questions that get one extra off-topic pair (meta.kind "
+        "'offtopic'): chosen is the user's chosen answer, rejected the same user's chosen answer to another "
+        "question, so answering the question asked is part of what is preferred; 0 turns them off",
+        ge=0.0,
+        le=1.0,
+    )
     backend: str = opt(
         "local",
         "local: in-process transformers; openai: any OpenAI-compatible server; scripted: rule-based fake for "

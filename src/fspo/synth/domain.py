@@ -19,6 +19,7 @@ PRESETS = ("reviews", "elix", "roleplay")
 QUESTION_SOURCES = ("items", "list", "file", "generate")
 RESPONSE_SOURCES = ("templates", "steered", "views")
 LABELERS = ("attribute", "judge")
+PAIR_MODES = ("shared", "matched")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Domain:
     responses: dict[str, Any]
     labeler: str
     pairs_per_question: int = 1
+    pair_mode: str = "shared"
     refine: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, Any] = field(default_factory=dict)
     path: str = ""
@@ -103,6 +105,13 @@ def parse_domain(raw: Any, path: str) -> Domain:
     source = _choice(questions.get("source"), QUESTION_SOURCES, "questions.source", path)
     if source in ("items", "list") and not isinstance(questions.get("items"), list):
         raise FspoError(f"{path}: questions.items: a list is required when questions.source is {source}")
+    for i, it in enumerate(questions.get("items") or []):
+        ok = isinstance(it, str) or (source == "items" and isinstance(it, dict) and isinstance(it.get("item"), str))
+        if not ok:
+            raise FspoError(
+                f"{path}: questions.items[{i}]: expected a string"
+                + (" or a mapping with an 'item' string" if source == "items" else "")
+            )
     if source == "items" and "{item}" not in str(questions.get("template", "")):
         raise FspoError(f"{path}: questions.template: must contain {{item}}")
     if source == "file" and not questions.get("file"):
@@ -114,13 +123,23 @@ def parse_domain(raw: Any, path: str) -> Domain:
             raise FspoError(f"{path}: responses.steer_axes: unknown axis {axis_name!r}")
     templates = raw.get("templates") or {}
     if rsource == "templates":
+        from fspo.synth.templates import check_templates
+
         if source != "items":
             raise FspoError(f"{path}: responses.source: templates need questions.source items")
-        for sentiment in ("positive", "negative"):
-            for part in ("openers", "adjectives", "details", "closings"):
-                if not isinstance((templates.get(sentiment) or {}).get(part), list):
-                    raise FspoError(f"{path}: templates.{sentiment}.{part}: a list is required for templated responses")
+        check_templates(templates, path)
+        for i, it in enumerate(questions["items"]):
+            kind = it.get("kind") if isinstance(it, dict) else None
+            if kind not in templates["kinds"]:
+                raise FspoError(
+                    f"{path}: questions.items[{i}].kind: templated responses need one of "
+                    f"{', '.join(templates['kinds'])}, got {kind!r}"
+                )
+    variants = responses.get("variants", 1)
+    if not isinstance(variants, int) or isinstance(variants, bool) or variants < 1:
+        raise FspoError(f"{path}: responses.variants: expected a positive integer, got {variants!r}")
     labeler = _choice(raw.get("labeler", "judge"), LABELERS, "labeler", path)
+    pair_mode = _choice(raw.get("pair_mode", "shared"), PAIR_MODES, "pair_mode", path)
     pairs = raw.get("pairs_per_question", 1)
     if not isinstance(pairs, int) or pairs < 1:
         raise FspoError(f"{path}: pairs_per_question: expected a positive integer, got {pairs!r}")
@@ -136,6 +155,7 @@ def parse_domain(raw: Any, path: str) -> Domain:
         responses=responses,
         labeler=labeler,
         pairs_per_question=pairs,
+        pair_mode=pair_mode,
         refine=refine,
         templates=templates,
         path=path,

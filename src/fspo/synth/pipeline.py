@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from fspo.errors import FspoError
 from fspo.llm.cache import CachedBackend, CallCache
 from fspo.synth import diagnostics as diag_mod
 from fspo.synth.config import SynthConfig
+from fspo.synth.diversity import text_diversity
 from fspo.synth.domain import Domain, load_domain
 from fspo.synth.judge import Outcome, attribute_outcome, judge_pairs
 from fspo.synth.personas import build_users
@@ -34,6 +36,9 @@ from fspo.synth.refine import refine
 from fspo.synth.responses import build_responses
 
 CACHE_NAME = ".cache/calls.sqlite"
+SIMILARITY_MAX_PER_QUESTION = 24
+"""MiniLM similarity uses at most this many responses per question: the first variant of every
+combination, then the second, ... (for reviews: three variants of each of the 8 combinations)."""
 
 
 def _needs_llm(domain: Domain, cfg: SynthConfig) -> list[str]:
@@ -47,6 +52,22 @@ def _needs_llm(domain: Domain, cfg: SynthConfig) -> list[str]:
     return needs
 
 
+def _shared_order(n: int, seed: int, qi: int) -> list[tuple[int, int]]:
+    """All pairs of a question's ``n`` responses, shuffled per question (the same order for every user)."""
+    cand = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    random.Random(f"fspo-pairs:{seed}:{qi}").shuffle(cand)
+    return cand
+
+
+def _pair(user: UserProfile, qi: int, q: dict, a: dict, b: dict, i: int, j: int, out, seed: int):
+    """A selected pair, its shown order shuffled per user (with the outcome flipped to match)."""
+    if random.Random(f"fspo-order:{seed}:{user.user_id}:{qi}:{i}:{j}").random() < 0.5:
+        a, b = b, a
+        out = replace(out, label=-out.label, p_first=1 - out.p_first) if out else None
+    pair = {"user": user.user_id, "qi": qi, "question": q["question"], "first": a["text"], "second": b["text"]}
+    return {**pair, "first_resp": a, "second_resp": b}, out
+
+
 def select_pairs(
     domain: Domain,
     users: list[UserProfile],
@@ -57,51 +78,89 @@ def select_pairs(
 ) -> tuple[list[dict], list[Outcome | None]]:
     """Per user and question, pairs that differ on an axis the user cares about (decisive ones for attributes).
 
-    Candidate pairs are shuffled per question (not per user), so users share pairs and the
-    disagreement matrix has common ground; the shown order of each pair is shuffled per user.
+    ``pair_mode: shared``: candidate pairs are shuffled per question (not per user), so users share
+    pairs and the disagreement matrix has common ground. ``pair_mode: matched`` (reviews): the chosen
+    side is a response steered to exactly the user's attributes (a variant drawn per user) and the
+    other side one steered to another combination, so every chosen answer is what this user wants
+    on every axis; a user whose combination has no response to a question falls back to ``shared``.
+    Either way the shown order of each pair is shuffled per user.
     """
     pairs: list[dict] = []
     outcomes: list[Outcome | None] = []
     attribute = domain.labeler == "attribute"
+    matched = domain.pair_mode == "matched"
     for qi, q in enumerate(questions):
         resp = responses[qi]
-        cand = [(i, j) for i in range(len(resp)) for j in range(i + 1, len(resp))]
-        random.Random(f"fspo-pairs:{seed}:{qi}").shuffle(cand)
+        cand: list[tuple[int, int]] | None = None  # the shared shuffled order, built on first use
+        by_combo: dict[tuple, list[int]] = {}
+        for i, r in enumerate(resp):
+            by_combo.setdefault(tuple(r["steer"].get(a) for a in domain.steer_axes), []).append(i)
         for user in users:
             cares = [a for a in domain.steer_axes if a in user.attributes]
             taken = 0
-            for i, j in cand:
-                a, b = resp[i], resp[j]
-                if cares and all(a["steer"].get(x) == b["steer"].get(x) for x in cares):
-                    continue
-                if same_answer(a["text"], b["text"]):  # a pair validation would refuse
-                    continue
-                out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
-                if out is not None and out.label == 0:
-                    counts["pairs_skipped_attribute_tie"] += 1
-                    continue
-                if random.Random(f"fspo-order:{seed}:{user.user_id}:{qi}:{i}:{j}").random() < 0.5:
-                    a, b = b, a
-                    out = replace(out, label=-out.label, p_first=1 - out.p_first) if out else None
-                pairs.append(
-                    {
-                        "user": user.user_id,
-                        "qi": qi,
-                        "question": q["question"],
-                        "first": a["text"],
-                        "second": b["text"],
-                        "first_resp": a,
-                        "second_resp": b,
-                    }
-                )
-                outcomes.append(out)
-                taken += 1
-                if taken >= domain.pairs_per_question:
-                    break
+            own = tuple(user.attributes.get(a) for a in domain.steer_axes)
+            if matched and by_combo.get(own):
+                rng = random.Random(f"fspo-match:{seed}:{user.user_id}:{qi}")
+                i = rng.choice(by_combo[own])
+                others = sorted(c for c in by_combo if c != own)
+                rng.shuffle(others)
+                for combo in others:
+                    j = rng.choice(by_combo[combo])
+                    a, b = resp[i], resp[j]
+                    if same_answer(a["text"], b["text"]):
+                        continue
+                    out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
+                    if out is not None and out.label <= 0:  # the other side differs on no measurable axis
+                        counts["pairs_skipped_attribute_tie"] += 1
+                        continue
+                    pair, out = _pair(user, qi, q, a, b, i, j, out, seed)
+                    pairs.append(pair)
+                    outcomes.append(out)
+                    counts["pairs_matched"] += 1
+                    taken += 1
+                    if taken >= domain.pairs_per_question:
+                        break
+            else:
+                if matched:
+                    counts["pairs_matched_fallback_shared"] += 1
+                cand = _shared_order(len(resp), seed, qi) if cand is None else cand
+                for i, j in cand:
+                    a, b = resp[i], resp[j]
+                    if cares and all(a["steer"].get(x) == b["steer"].get(x) for x in cares):
+                        continue
+                    if same_answer(a["text"], b["text"]):  # a pair validation would refuse
+                        continue
+                    out = attribute_outcome(user.attributes, a["text"], b["text"]) if attribute else None
+                    if out is not None and out.label == 0:
+                        counts["pairs_skipped_attribute_tie"] += 1
+                        continue
+                    pair, out = _pair(user, qi, q, a, b, i, j, out, seed)
+                    pairs.append(pair)
+                    outcomes.append(out)
+                    taken += 1
+                    if taken >= domain.pairs_per_question:
+                        break
             if taken == 0:
                 counts["user_questions_without_pair"] += 1
     counts["pairs_selected"] += len(pairs)
     return pairs, outcomes
+
+
+def reference_pairs(domain: Domain, responses: list[list[dict]], seed: int, per_question: int = 4) -> list[dict]:
+    """Pairs every user labels for the disagreement matrix in ``matched`` mode (users' own pairs differ):
+    per question, the first ``per_question`` pairs of the shared shuffled order over each
+    combination's first response."""
+    refs = []
+    for qi, resp in enumerate(responses):
+        firsts = {}
+        for r in resp:
+            firsts.setdefault(tuple(r["steer"].get(a) for a in domain.steer_axes), r)
+        rs = list(firsts.values())
+        for i, j in _shared_order(len(rs), seed, qi)[:per_question]:
+            refs.append(
+                {"qi": qi, "first": rs[i]["text"], "second": rs[j]["text"], "first_resp": rs[i], "second_resp": rs[j]}
+            )
+    return refs
 
 
 def _entropy_by_user(pairs: list[dict], outcomes: list[Outcome], users: list[str]) -> dict[str, float]:
@@ -111,7 +170,9 @@ def _entropy_by_user(pairs: list[dict], outcomes: list[Outcome], users: list[str
     return {u: round(statistics.fmean(v), 4) if v else 0.0 for u, v in by.items()}
 
 
-def _winner_labels(domain: Domain, pairs, outcomes, users: list[UserProfile]) -> dict[str, dict[str, str]]:
+def _winner_labels(
+    domain: Domain, pairs, outcomes, users: list[UserProfile], refs: list[dict] | None = None
+) -> dict[str, dict[str, str]]:
     """user -> pair key -> winning response id, for the disagreement matrix."""
     labels: dict[str, dict[str, str]] = {u.user_id: {} for u in users}
     keyed = {}
@@ -120,6 +181,9 @@ def _winner_labels(domain: Domain, pairs, outcomes, users: list[UserProfile]) ->
         keyed[key] = p
         if o.label:
             labels[p["user"]][key] = (p["first_resp"] if o.label > 0 else p["second_resp"])["id"]
+    if refs is not None:  # matched pairs are the user's own: compare users on shared reference pairs
+        labels = {u.user_id: {} for u in users}
+        keyed = {f"q{p['qi']}:{p['first_resp']['id']}|{p['second_resp']['id']}": p for p in refs}
     if domain.labeler == "attribute":  # exact labels are free: label every shared pair for every user
         for u in users:
             for key, p in keyed.items():
@@ -197,9 +261,97 @@ def to_records(
             "rejected_steer": rj["steer"],
             "chosen_generator": ch["generator"],
             "rejected_generator": rj["generator"],
+            "kind": "style",
         }
         records.append(PreferenceRecord(p["user"], p["question"], ch["text"], rj["text"], "train", meta))
     return records
+
+
+_NAME_STOP = "a an the of and or to in on at for with by from de la le movie film book novel restaurant product"
+_NAME_STOPWORDS = frozenset(_NAME_STOP.split())
+
+
+def _name_words(text: str) -> set[str]:
+    """The words that name an item ("the Blue Harbor seafood grill" -> blue, harbor, seafood, grill),
+    singular and without a possessive "'s", as eval's on-topic rule compares them."""
+    out = set()
+    for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()):
+        w = w.removesuffix("'s")
+        w = w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+        if w not in _NAME_STOPWORDS:
+            out.add(w)
+    return out
+
+
+def offtopic_records(
+    cfg: SynthConfig,
+    records: list[PreferenceRecord],
+    questions: list[dict],
+    heldout_users: set[str],
+    heldout_questions: set[str],
+    counts: Counter,
+) -> list[PreferenceRecord]:
+    """Pairs that make answering the question asked part of what is preferred (``meta.kind: offtopic``).
+
+    For a share ``cfg.offtopic_pairs`` of each training user's training questions (rounded, drawn per
+    user), one extra pair: chosen is the user's chosen answer to the question, rejected is the same
+    user's chosen answer to another of their training questions, so both sides have the user's
+    preferred style and only the topic differs. For item questions ("Write a review of X.") the
+    other question is one whose answer contains no word of X's name. Held-out users and held-out
+    questions get none: they are for measuring, and shots without style information would dilute
+    what the model can read about a new user.
+    """
+    if cfg.offtopic_pairs <= 0:
+        return []
+    qid = {q["question"]: qi for qi, q in enumerate(questions)}
+    items = {q["question"]: q.get("item") for q in questions}
+    by_user: dict[str, dict[str, PreferenceRecord]] = {}
+    for r in records:
+        if r.user_id in heldout_users or r.prompt.strip() in heldout_questions:
+            continue
+        by_user.setdefault(r.user_id, {}).setdefault(r.prompt, r)
+    out: list[PreferenceRecord] = []
+    for user in sorted(by_user):
+        mine = by_user[user]
+        prompts = sorted(mine, key=lambda p: qid[p])
+        rng = random.Random(f"fspo-offtopic:{cfg.seed}:{user}")
+        picked = sorted(rng.sample(prompts, round(cfg.offtopic_pairs * len(prompts))), key=lambda p: qid[p])
+        for prompt in picked:
+            rec = mine[prompt]
+            name = _name_words(items[prompt]) if items.get(prompt) else set()
+            others = [
+                o
+                for o in prompts
+                if o != prompt
+                and not same_answer(mine[o].chosen, rec.chosen)
+                and not (name & _name_words(mine[o].chosen))
+            ]
+            if not others:
+                counts["offtopic_skipped_no_other_question"] += 1
+                continue
+            other = mine[rng.choice(others)]
+            meta = {
+                **rec.meta,
+                "generator": "+".join(sorted({rec.meta["chosen_generator"], other.meta["chosen_generator"]})),
+                "judge": "topic",
+                "consistent": True,
+                "p_chosen": 1.0,
+                "rejected_steer": other.meta["chosen_steer"],
+                "rejected_generator": other.meta["chosen_generator"],
+                "kind": "offtopic",
+                "rejected_question_id": other.meta["question_id"],
+            }
+            out.append(PreferenceRecord(user, prompt, rec.chosen, other.chosen, "train", meta))
+    counts["pairs_offtopic"] = len(out)
+    return out
+
+
+def heldout_sets(cfg: SynthConfig, users: list[UserProfile], questions: list[dict]) -> tuple[list[str], set[str]]:
+    """(held-out user ids, held-out question texts), with the split functions training and eval use."""
+    ids = [u.user_id for u in users]
+    _, heldout = split_users(ids, cfg.heldout_users, cfg.seed) if len(ids) > 1 else (ids, [])
+    _, heldout_q = split_questions([q["question"] for q in questions], cfg.heldout_questions, cfg.seed)
+    return heldout, heldout_q
 
 
 def split_records(
@@ -208,8 +360,7 @@ def split_records(
     """Held-out users (whole users) and held-out questions (for every user) marked ``test``, with
     the same split functions training and eval use."""
     ids = [u.user_id for u in users]
-    _, heldout = split_users(ids, cfg.heldout_users, cfg.seed) if len(ids) > 1 else (ids, [])
-    _, heldout_q = split_questions([q["question"] for q in questions], cfg.heldout_questions, cfg.seed)
+    heldout, heldout_q = heldout_sets(cfg, users, questions)
     records = assign_splits(records, heldout, heldout_q)
     users = [replace(u, split="test" if u.user_id in set(heldout) else "train") for u in users]
     counts["prefs_written"] = len(records)
@@ -285,6 +436,8 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
     stage("refine", s)
 
     records = to_records(domain, pairs, outcomes, judge_name, counts)
+    held_u, held_q = heldout_sets(cfg, users, questions)
+    records += offtopic_records(cfg, records, questions, set(held_u), held_q, counts)
     records, users, heldout = split_records(cfg, records, users, questions, counts)
     ids = [u.user_id for u in users]
 
@@ -297,9 +450,14 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
             "after": round(sum(o.consistent for o in outcomes) / judged, 4),
         }
     ent_b, ent_a = _entropy_by_user(pairs, before, ids), _entropy_by_user(pairs, outcomes, ids)
-    groups = [[r["text"] for r in resp] for resp in responses]
+    matched_attr = domain.pair_mode == "matched" and domain.labeler == "attribute"
+    groups = [
+        [r["text"] for r in sorted(resp, key=lambda r: r.get("variant", 0))][:SIMILARITY_MAX_PER_QUESTION]
+        for resp in responses
+    ]
     sim, sims = diag_mod.similarity_stats(groups) if cfg.embed else ({"mean": None, "median": None, "pairs": 0}, [])
-    matrix = diag_mod.disagreement_matrix(_winner_labels(domain, pairs, outcomes, users), ids)
+    refs = reference_pairs(domain, responses, cfg.seed) if matched_attr else None
+    matrix = diag_mod.disagreement_matrix(_winner_labels(domain, pairs, outcomes, users, refs), ids)
     off = [x for i, row in enumerate(matrix) for j, x in enumerate(row) if i != j and x is not None]
     diag = {
         "domain": domain.name,
@@ -321,6 +479,13 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
         },
         "disagreement": {"users": ids, "matrix": matrix, "mean": round(statistics.fmean(off), 4) if off else None},
         "refine_facts": facts,
+        "diversity": {
+            "answers": text_diversity(a for r in records for a in (r.chosen, r.rejected)),
+            "style_pairs": text_diversity(
+                a for r in records if r.meta.get("kind") == "style" for a in (r.chosen, r.rejected)
+            ),
+            "responses": text_diversity(r["text"] for resp in responses for r in resp),
+        },
     }
     for _ in tqdm(range(1), desc="diagnostics", disable=not cfg.progress):
         diag_mod.write_diagnostics(out / "diagnostics", diag, sims, ids, plots=cfg.plots)

@@ -103,7 +103,9 @@ def build_questions(domain: Domain, n: int, seed: int, llm=None, extra_file: str
     source = q.get("source")
     pool: list[dict] = []
     if source == "items":
-        pool = [{"question": q["template"].format(item=it), "item": it} for it in q["items"]]
+        for it in q["items"]:
+            name = it["item"] if isinstance(it, dict) else it
+            pool.append({"question": q["template"].format(item=name), "item": name, "spec": it})
     elif source == "list":
         pool = [{"question": s} for s in q["items"]]
     elif source == "file":

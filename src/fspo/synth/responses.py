@@ -13,8 +13,10 @@ import re
 from collections import Counter
 
 from fspo.data.attributes import AXES, measure
+from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.synth.domain import Domain
+from fspo.synth.templates import item_info, templated_review
 from fspo.synth.views import list_views
 
 _PREFIX = re.compile(r"^\s*(?:review|answer|response)\s*:\s*", re.I)
@@ -37,19 +39,6 @@ def expresses(steer: dict[str, str], text: str) -> bool:
     """Does ``text`` measurably express every measurable steering value?"""
     m = measure(text)
     return all(m.value(axis) == value for axis, value in steer.items() if axis in AXES)
-
-
-def templated_review(domain: Domain, item: str, steer: dict[str, str], rng: random.Random) -> str:
-    """A fluent review from the domain's templates: one sentence if concise, four if verbose."""
-    t = domain.templates[steer.get("sentiment", "positive")]
-    opener = rng.choice(t["openers"])
-    a1, a2 = rng.sample(t["adjectives"], 2)
-    first = f"{opener} {item} is {a1} and {a2}."
-    first = first[0].upper() + first[1:]
-    if steer.get("length", "concise") == "concise":
-        return first
-    details = rng.sample(t["details"], 2)
-    return " ".join([first, *details, rng.choice(t["closings"])])
 
 
 def _prompt(domain: Domain, q: dict, steer: dict[str, str]) -> list[dict]:
@@ -94,17 +83,31 @@ def build_responses(
     )
     per_q: list[list[dict]] = [[] for _ in questions]
     if source == "templates":
+        variants = int(domain.responses.get("variants", 1))
+        kinds = domain.templates["kinds"]
         for qi, q in enumerate(questions):
-            for ci, steer in enumerate(steering_combos(domain)):
-                rng = random.Random(f"fspo-template:{seed}:{q['question']}:{sorted(steer.items())}")
-                per_q[qi].append(
-                    {
-                        "id": f"r{ci}",
-                        "text": templated_review(domain, q["item"], steer, rng),
-                        "steer": steer,
-                        "generator": "templates",
-                    }
+            if "spec" not in q:
+                raise FspoError(
+                    f"domain {domain.name}: templated responses need item questions; {q['question']!r} has no item "
+                    "(questions from --questions-file need --responses steered)"
                 )
+            info = item_info(q["spec"], kinds)
+            for ci, steer in enumerate(steering_combos(domain)):
+                for v in range(variants):
+                    rng = random.Random(f"fspo-template:{seed}:{q['question']}:{sorted(steer.items())}:{v}")
+                    text = templated_review(domain.templates, info, steer, rng, counts)
+                    if any(text == r["text"] for r in per_q[qi]):
+                        counts["responses_dropped_duplicate"] += 1
+                        continue
+                    per_q[qi].append(
+                        {
+                            "id": f"r{ci}" + (f"v{v}" if v else ""),
+                            "text": text,
+                            "steer": steer,
+                            "generator": "templates",
+                            "variant": v,
+                        }
+                    )
     elif source == "steered":
         k = int(domain.responses.get("candidates", 1))
         combos = steering_combos(domain)
@@ -157,7 +160,7 @@ def build_responses(
                 continue
             per_q[qi].append({"id": f"v{vi}", "text": text, "steer": {"view": view}, "generator": llms[job[0]].name})
     if source == "templates":
-        counts["responses_generated"] += sum(len(r) for r in per_q)
+        counts["responses_generated"] += sum(len(r) for r in per_q) + counts["responses_dropped_duplicate"]
         if check:
             for qi in range(len(per_q)):
                 kept = [r for r in per_q[qi] if expresses(r["steer"], r["text"])]
