@@ -3,9 +3,9 @@
     python bench/quality_reviews.py --out bench-out/quality            # full scale (about 2 h on 2 cores)
     python bench/quality_reviews.py --out bench-out/quality-s --scale small
 
-Builds a reviews-domain dataset with the synth pipeline (users over sentiment x length; held-out
-users include every user of one attribute combination that training never sees, plus a random
-quarter of the rest; held-out questions), trains the paper's rows with fspo (full fine-tune of the
+Builds a reviews-domain dataset with the synth pipeline (users over sentiment x length x
+perspective, 8 combinations; held-out users include every user of one combination that training
+never sees, plus a random quarter of the rest; held-out questions), trains the paper's rows with fspo (full fine-tune of the
 embedded SmolLM2-135M, SFT then IPO, shared-prefix batches), and evaluates them with the attribute
 judge: win rate vs base with 95% CIs and reward accuracy. Prints the table and which targets were
 met; writes quality.json and quality.md. Every stage caches, so a rerun resumes.
@@ -26,7 +26,9 @@ SCALES = {
     "small": dict(users=24, questions=10, sft_steps=6, steps=40, eval_users=6, eval_queries=2),
     "full": dict(users=48, questions=16, sft_steps=15, steps=80, eval_users=12, eval_queries=2),
 }
-HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose"}
+HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose", "perspective": "impersonal"}
+"""One of the reviews domain's 8 attribute combinations (sentiment x length x perspective), held out
+whole: every user with exactly these values is a test user, so training never sees the combination."""
 TARGETS = "fspo-ipo win rate >= 80%; reward accuracy >= 90%; rat >= ipo; 8 shots >= 4 shots; FSPO > fewshot, prefft"
 
 
@@ -51,9 +53,16 @@ ROWS = [
 ]
 
 
-def combo_user_ids(users) -> set[str]:
-    """Users of HELDOUT_COMBO: all of them are held out, so training never sees that combination."""
-    return {u.user_id for u in users if all(u.attributes.get(k) == v for k, v in HELDOUT_COMBO.items())}
+def combo_user_ids(users, combo: dict[str, str] | None = None) -> set[str]:
+    """Users of HELDOUT_COMBO (or ``combo``): all of them are held out, so training never sees that
+    combination. Every axis of the combination must be one the users have (a combination over fewer
+    axes than the users' would hold out several of their combinations)."""
+    combo = HELDOUT_COMBO if combo is None else combo
+    users = list(users)
+    axes = {k for u in users for k in u.attributes}
+    if users and set(combo) != axes:
+        raise ValueError(f"held-out combination {combo} must set every user axis: {', '.join(sorted(axes))}")
+    return {u.user_id for u in users if all(u.attributes.get(k) == v for k, v in combo.items())}
 
 
 def build_data(out: Path, scale: dict, seed: int) -> Path:
@@ -80,7 +89,10 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
     combo_users = combo_user_ids(data.users.values())
     heldout = combo_users | {u.user_id for u in data.users.values() if u.split == "test"}
     heldout_q = {r.prompt for r in data.prefs if r.split == "test" and r.user_id not in heldout}
-    prefs = assign_splits(data.prefs, heldout, heldout_q)
+    # synth gives off-topic pairs (meta.kind "offtopic") to its training users only; a user held out
+    # here keeps only the style pairs, like every other held-out user
+    kept = [r for r in data.prefs if not (r.user_id in heldout and r.meta.get("kind") == "offtopic")]
+    prefs = assign_splits(kept, heldout, heldout_q)
     users = [replace(u, split="test" if u.user_id in heldout else "train") for u in data.users.values()]
     dest = out / "data"
     write_jsonl(dest / "users.jsonl", users)
