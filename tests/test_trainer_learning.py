@@ -189,3 +189,38 @@ def test_sft_loss_by_hand(batch, rejected_too):
     prompts = [p.prompt_ids for p in pairs] * (2 if rejected_too else 1)
     expected = -sum(_logp(policy, p, c) for p, c in zip(prompts, completions)) / len(completions)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_description_weight_trains_the_whole_chosen_completion_by_hand(dataset, tmp_path, weight):
+    """Under rat, IPO loss + W_d · mean(−s_θ(whole chosen completion)): the RAT description (shared
+    by both completions, so outside the preference loss and sft_weight) is trained too."""
+    from fspo.models.registry import load_model
+    from fspo.train.data import prepare_training_data
+    from fspo.train.trainer import stage_loss
+
+    policy, tok = load_model("tiny", seed=0)
+    ref, _ = load_model("tiny", seed=1)
+    overrides = {"data.layout": "rat", "loss.beta": 0.1, "loss.description_weight": weight}
+    cfg = _cfg(dataset, tmp_path / "unused", **overrides)
+    pairs = prepare_training_data(cfg.data, tok, 0).train[:3]
+    description = tok.encode("User 0 likes short answers.", add_special_tokens=False)
+    for pair in pairs:
+        prompt, _, _ = _scored(pair)
+        shared = prompt[len(pair.prompt_ids) :]
+        assert len(shared) > len(description)  # the description is in the shared start, not scored by IPO
+    loss, metrics, _ = stage_loss("ipo", policy, ref, pairs, cfg, tok.pad_token_id, "cpu")
+    hs, full_nll = [], []
+    for pair in pairs:
+        prompt, chosen, rejected = _scored(pair)
+        pc, pr = _logp(policy, prompt, chosen), _logp(policy, prompt, rejected)
+        rc, rr = _logp(ref, prompt, chosen), _logp(ref, prompt, rejected)
+        hs.append((pc - pr) - (rc - rr))
+        full_nll.append(-_logp(policy, pair.prompt_ids, pair.chosen_ids))
+    ipo = sum((h - 1 / (2 * 0.1)) ** 2 for h in hs) / len(hs)
+    expected = ipo + weight * sum(full_nll) / len(full_nll)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    if weight:
+        assert metrics["nll/full_chosen"] == pytest.approx(sum(full_nll) / len(full_nll), rel=1e-5)
+    else:
+        assert "nll/full_chosen" not in metrics

@@ -87,6 +87,13 @@ class LossConfig(Config):
         0.0, "add this weight × NLL of the chosen completion to the preference loss (keeps generation fluent)", ge=0.0
     )
     sft_rejected: bool = opt(False, "SFT also on rejected completions, as the reference code does (off: chosen only)")
+    description_weight: float = opt(
+        0.0,
+        "add this weight × NLL of the whole chosen completion (response header and, under rat, the user "
+        "description, then the answer: the SFT stage's loss) to the preference loss, so the preference stage keeps "
+        "training RAT's user description, which sft_weight's differing tokens leave out",
+        ge=0.0,
+    )
 
 
 @dataclass

@@ -46,6 +46,19 @@ def sft_loss(policy_logps: torch.Tensor) -> torch.Tensor:
     return -policy_logps.mean()
 
 
+def with_nll_terms(preference_losses: torch.Tensor, terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """Mean preference loss + Σ w · NLL(s) over ``(w, s)`` with w > 0 (RPO-style regularization).
+
+    ``s`` holds one reduced log-prob per pair of the chosen completion: the differing tokens for
+    ``loss.sft_weight``, the whole completion (header and RAT description included) for
+    ``loss.description_weight``. A zero weight adds nothing (not even 0 · NaN)."""
+    loss = preference_losses.mean()
+    for weight, logps in terms:
+        if weight > 0:
+            loss = loss + weight * sft_loss(logps)
+    return loss
+
+
 def log_ratio_margin(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
 ) -> torch.Tensor:

@@ -32,7 +32,7 @@ from fspo.train.batching import collate_completions, completion_logps, pair_logp
 from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
-from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss
+from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss, with_nll_terms
 
 
 @contextmanager
@@ -171,9 +171,13 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
     rc, rr = reference_logps(policy, ref_model, pairs, cfg, pad_id, device)
     h = log_ratio_margin(pc, pr, rc, rr)
     losses = preference_loss(stage, h, cfg.loss.beta, cfg.loss.label_smoothing)
-    loss = losses.mean()
-    if cfg.loss.sft_weight > 0:
-        loss = loss + cfg.loss.sft_weight * sft_loss(pc)
+    terms = [(cfg.loss.sft_weight, pc)]
+    if cfg.loss.description_weight > 0:
+        # The whole chosen completion (header, RAT's description, answer): one more forward pass.
+        full = collate_completions([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], pad_id).to(device)
+        full_chosen = completion_logps(policy, full, cfg.loss.reduction)
+        terms.append((cfg.loss.description_weight, full_chosen))
+    loss = with_nll_terms(losses, terms)
     beta = cfg.loss.beta
     metrics = {
         "loss": loss.item(),
@@ -184,7 +188,11 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
         "logps/chosen": pc.mean().item(),
         "logps/rejected": pr.mean().item(),
     }
-    return loss, metrics, pair_tokens(pairs, cfg.optim.shared_prefix)
+    tokens = pair_tokens(pairs, cfg.optim.shared_prefix)
+    if cfg.loss.description_weight > 0:
+        metrics["nll/full_chosen"] = -full_chosen.mean().item()
+        tokens += full.tokens
+    return loss, metrics, tokens
 
 
 def save_checkpoint(
