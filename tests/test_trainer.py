@@ -63,7 +63,15 @@ def test_ipo_run_writes_loadable_checkpoint_and_metrics(dataset, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert set(rows[0]) == {"stage", "step", "eval/ll_accuracy", "eval/chosen_nll"}  # the starting point
-    assert {"loss", "reward_accuracy", "margin", "tokens_per_s", "lr"} <= set(rows[1])
+    assert {
+        "loss",
+        "rewards/accuracies",
+        "rewards/margins",
+        "rewards/chosen",
+        "logps/chosen",
+        "tokens_per_s",
+        "lr",
+    } <= set(rows[1])
     assert rows[1]["loss"] == pytest.approx((1 / (2 * 0.1)) ** 2)  # IPO at init: h = 0
     assert "eval/reward_accuracy" in rows[2] and "eval/reward_accuracy" in rows[4]
     run = json.loads((out / "fspo_run.json").read_text())
@@ -132,6 +140,35 @@ def test_dpo_and_rat_layout(dataset, tmp_path):
     out = train(_cfg(dataset, tmp_path / "rat", **{"loss.name": "dpo", "data.layout": "rat", "optim.steps": 1}))
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert row["loss"] == pytest.approx(0.6931, abs=1e-3)  # -log sigmoid(0)
+
+
+def test_final_folder_copied_away_describes_itself(dataset, tmp_path):
+    """final/ holds the run record and a model card: copied away from its run it serves and
+    evaluates with the layout, shots and budget it was trained with (issue 17)."""
+    import shutil
+
+    from fspo.data.io import load_data
+    from fspo.data.runs import resolve_model
+    from fspo.eval.config import EvalConfig
+    from fspo.eval.runner import plan_eval
+    from fspo.serve.personalize import Engine
+
+    overrides = {"data.layout": "rat", "data.shots": 2, "data.max_length": 700, "optim.steps": 1}
+    out = train(_cfg(dataset, tmp_path / "run", **overrides))
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(out / "final", moved)
+    shutil.rmtree(out)
+    info = resolve_model(str(moved))
+    assert (info.spec, info.layout, info.n_shots, info.max_length, info.trained) == (str(moved), "rat", 2, 700, True)
+    card = (moved / "README.md").read_text()
+    assert card.startswith('---\nbase_model: "tiny"') and "layout-rat" in card and "| shots" in card
+    assert "## User Description" in card and "<question 2>" in card  # the example prompt, RAT-style
+    engine = Engine.load(info, cache_users=0)
+    shots = load_data(str(dataset)).prefs[:3]
+    rendered = engine.render(shots, "A new question?", max_new_tokens=16)
+    assert rendered.shots_used == 2 and rendered.text.endswith("## User Description")
+    plan = plan_eval(EvalConfig(data=str(dataset), methods=["fspo-rat"], model=str(moved), out=str(tmp_path / "e")))
+    assert plan.shots == 2 and plan.budgets["fspo-rat"] == 700 and plan.budgets["base"] == 700
 
 
 @pytest.mark.slow
@@ -442,3 +479,20 @@ def test_report_to_tensorboard(dataset, tmp_path, monkeypatch):
     events = EventAccumulator(str(out / "fspo-ipo"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+
+
+def test_wandb_is_one_run_per_command_with_both_stages(tmp_path):
+    from fspo.train.trainer import tracker_setup
+
+    cfg = load_config(
+        TrainConfig,
+        None,
+        {"out": str(tmp_path / "my-run"), "report_to": "wandb", "loss.name": "sft+ipo", "optim.sft_steps": 6},
+    )
+    sft = tracker_setup(cfg, "sft", 0)
+    ipo = tracker_setup(cfg, "ipo", 3)
+    assert sft[0] == ipo[0] == "fspo" and sft[1] == ipo[1]  # same project, name and id: one run
+    assert sft[1]["wandb"]["name"] == "my-run" and sft[1]["wandb"]["resume"] == "allow"
+    assert (sft[2], ipo[2]) == (0, 6)  # the IPO stage's steps continue after SFT's
+    tb = load_config(TrainConfig, None, {"out": str(tmp_path / "r"), "report_to": "tensorboard"})
+    assert tracker_setup(tb, "ipo", 4) == ("fspo-ipo", {"tensorboard": {"purge_step": 5}}, 0)

@@ -52,10 +52,10 @@ def test_ipo_learns_a_separable_preference(separable, tmp_path):
         )
     )
     rows = [r for r in _rows(out) if r["step"] > 0]
-    assert rows[0]["margin"] == 0.0 and rows[0]["reward_accuracy"] == 0.0  # policy == reference: h = 0
-    margins = [r["margin"] for r in rows]
+    assert rows[0]["rewards/margins"] == 0.0 and rows[0]["rewards/accuracies"] == 0.0  # policy == reference: h = 0
+    margins = [r["rewards/margins"] for r in rows]
     assert all(b > a for a, b in zip(margins, margins[1:])), margins  # rises every step
-    assert margins[-1] > 0.05 and rows[-1]["reward_accuracy"] == 1.0
+    assert margins[-1] > 0.05 and rows[-1]["rewards/accuracies"] == 1.0
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
     assert rows[-1]["eval/reward_accuracy"] == 1.0 and rows[-1]["eval/margin"] > 0.05  # held-out users too
 
@@ -74,7 +74,7 @@ def test_grad_accumulation_2x1_equals_batch_2(dataset, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6  # ...by the same step either way
     ra, rb = _rows(one), _rows(two)
     for x, y in zip(ra, rb):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["margin"] == pytest.approx(y["margin"], abs=1e-6)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_preference_loss_plus_sft_weight_by_hand(batch, weight):
     ipo = sum((h - 1 / (2 * 0.1)) ** 2 for h in hs) / len(hs)
     expected = ipo + weight * sum(nll) / len(nll)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert metrics["margin"] == pytest.approx(0.1 * sum(hs) / len(hs), abs=1e-5)
+    assert metrics["rewards/margins"] == pytest.approx(0.1 * sum(hs) / len(hs), abs=1e-5)
 
 
 @pytest.mark.parametrize("rejected_too", [False, True])

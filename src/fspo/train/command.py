@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from fspo.config import add_config_arguments
 
@@ -38,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     from fspo.train.trainer import train
 
     cfg = config_from_args(TrainConfig, args)
-    train(cfg)
+    train(cfg, command="fspo " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["train"])))
     return 0

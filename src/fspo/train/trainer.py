@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import atomic_dir, lock_output, write_jsonl
+from fspo.data.io import atomic_dir, lock_output, write_jsonl, write_text_atomic
 from fspo.data.runs import FINAL_DIR, PRESETS, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
 from fspo.errors import FspoError
@@ -33,6 +33,7 @@ from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss, with_nll_terms
+from fspo.train.model_card import model_card
 
 
 @contextmanager
@@ -181,8 +182,8 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
     beta = cfg.loss.beta
     metrics = {
         "loss": loss.item(),
-        "reward_accuracy": (h > 0).float().mean().item(),
-        "margin": (beta * h).mean().item(),
+        "rewards/accuracies": (h > 0).float().mean().item(),  # TRL's metric names, so dashboards work
+        "rewards/margins": (beta * h).mean().item(),
         "rewards/chosen": (beta * (pc - rc)).mean().item(),
         "rewards/rejected": (beta * (pr - rr)).mean().item(),
         "logps/chosen": pc.mean().item(),
@@ -267,6 +268,28 @@ def tracker_config(stage: str, cfg: TrainConfig) -> dict:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
+def stage_steps(cfg: TrainConfig, stage: str) -> int:
+    two_stage = len(cfg.stages()) > 1
+    return (cfg.optim.sft_steps or cfg.optim.steps) if (stage == "sft" and two_stage) else cfg.optim.steps
+
+
+def tracker_setup(cfg: TrainConfig, stage: str, start_step: int) -> tuple[str, dict, int]:
+    """(project name, init kwargs, step offset) for ``report_to``.
+
+    wandb: one run per training command, named after the run folder, with a stable id so every
+    stage (and a resumed process) logs into the same run; a later stage's steps continue after
+    the earlier stages' (wandb needs increasing steps). tensorboard: one log folder per stage,
+    dropping events a killed run logged past its checkpoint."""
+    import hashlib
+
+    if cfg.report_to == "wandb":
+        out = str(Path(cfg.out).resolve())
+        run_id = "fspo-" + hashlib.sha256(out.encode()).hexdigest()[:12]
+        offset = sum(stage_steps(cfg, s) for s in cfg.stages()[: cfg.stages().index(stage)])
+        return "fspo", {"wandb": {"name": Path(cfg.out).name, "id": run_id, "resume": "allow"}}, offset
+    return f"fspo-{stage}", {"tensorboard": {"purge_step": start_step + 1}}, 0
+
+
 def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None, data: PreparedData, stage_dir: Path):
     """Train one stage to ``cfg.optim.steps`` (or ``sft_steps``) optimizer steps; return the final folder."""
     from accelerate import Accelerator
@@ -278,7 +301,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             ckpt.remove_all(stage_dir)  # killed between writing final/ and deleting them
         return final_dir
     two_stage = len(cfg.stages()) > 1
-    steps = (cfg.optim.sft_steps or cfg.optim.steps) if (stage == "sft" and two_stage) else cfg.optim.steps
+    steps = stage_steps(cfg, stage)
     lr = (cfg.optim.sft_lr or cfg.optim.lr) if (stage == "sft" and two_stage) else cfg.optim.lr
     log_with = None if cfg.report_to == "none" else cfg.report_to
     accelerator = Accelerator(
@@ -313,10 +336,9 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     if accelerator.is_main_process:
         # Rows past the checkpoint are logged again; without a checkpoint every row is.
         truncate_metrics(metrics_path, start_step if resume else None)
+    project, init_kwargs, step_offset = tracker_setup(cfg, stage, start_step)
     if log_with:
-        # tensorboard: drop the events a killed run logged past the checkpoint (steps > start_step)
-        init_kwargs = {"tensorboard": {"purge_step": start_step + 1}} if log_with == "tensorboard" else {}
-        accelerator.init_trackers(f"fspo-{stage}", config=tracker_config(stage, cfg), init_kwargs=init_kwargs)
+        accelerator.init_trackers(project, config=tracker_config(stage, cfg), init_kwargs=init_kwargs)
     policy.train()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -373,9 +395,12 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if log_with:
-                    accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
+                    scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+                    if cfg.report_to == "wandb":  # both stages in one run: name the stage in the key
+                        scalars = {f"{stage}/{k}": v for k, v in scalars.items()}
+                    accelerator.log(scalars, step=step_offset + done)
             bar.set_postfix(
-                {k: f"{row[k]:.3g}" for k in ("loss", "reward_accuracy", "eval/reward_accuracy") if k in row}
+                {k: f"{row[k]:.3g}" for k in ("loss", "rewards/accuracies", "eval/reward_accuracy") if k in row}
             )
             bar.update(1)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
@@ -404,9 +429,15 @@ def run_metrics(stage_dirs: dict[str, str]) -> dict[str, float]:
 
 
 def write_run_record(
-    cfg: TrainConfig, out: Path, stage_dirs: dict[str, str], data: PreparedData, fingerprint: str | None = None
+    cfg: TrainConfig,
+    out: Path,
+    stage_dirs: dict[str, str],
+    data: PreparedData,
+    fingerprint: str | None = None,
+    command: str | None = None,
 ) -> RunRecord:
-    """The run record, into the run folder and into ``final/`` (so the model folder works alone)."""
+    """The run record, into the run folder and into ``final/`` with a model card (so the model
+    folder works alone). ``command``: how training was started, for the card."""
     from fspo import __version__
 
     stages = {stage: str(Path(path).relative_to(out)) for stage, path in stage_dirs.items()}
@@ -437,6 +468,8 @@ def write_run_record(
     )
     record.write(out)
     record.relocated(FINAL_DIR).write(out / FINAL_DIR)
+    command = command or "fspo.train.trainer.train(TrainConfig(...)) with the config in fspo_run.json"
+    write_text_atomic(out / FINAL_DIR / "README.md", model_card(record, command))
     return record
 
 
@@ -486,7 +519,7 @@ def check_run_folder(out: Path, fp: Fingerprint, cfg: TrainConfig) -> str:
     return "continue"
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, command: str | None = None) -> Path:
     """Run every stage of ``cfg.loss.name``; return the run folder (its ``final/`` is the model).
 
     The folder is locked for the whole run and its fingerprint is written before anything else.
@@ -496,7 +529,7 @@ def train(cfg: TrainConfig) -> Path:
     main = _is_main_process()
     missing = [p for p in (out, *out.parents) if not p.exists()]  # folders this run would create
     try:
-        _train(cfg, out, main)
+        _train(cfg, out, main, command)
     except BaseException:
         # lock_output removes an --out it created if nothing was written; then its empty parents go too.
         if main and missing and not out.exists():
@@ -510,7 +543,7 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
-def _train(cfg: TrainConfig, out: Path, main: bool) -> None:
+def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None:
     from fspo.models.registry import load_tokenizer
 
     with lock_output(out) if main else nullcontext(out):
@@ -540,4 +573,4 @@ def _train(cfg: TrainConfig, out: Path, main: bool) -> None:
         if main:
             if len(cfg.stages()) > 1:
                 ckpt.link_tree(Path(stage_dirs[cfg.stages()[-1]]), out / "final")
-            write_run_record(cfg, out, stage_dirs, data, fp.digest)
+            write_run_record(cfg, out, stage_dirs, data, fp.digest, command)
