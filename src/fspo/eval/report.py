@@ -171,6 +171,24 @@ def _sample_lines(result: dict) -> list[str]:
     return lines
 
 
+def _description_lines(result: dict) -> list[str]:
+    """RAT rows: how often the user description the model wrote states the user's true attributes."""
+    lines = []
+    for method, row in result["methods"].items():
+        da = row.get("description_accuracy")
+        if not da:
+            continue
+        axes = ", ".join(f"{a} {_fmt(v)}" for a, v in da["axes"].items())
+        lines.append(
+            f"- **{method}** description accuracy: {_fmt(da['users'])} of {da['n_users']} users (every description "
+            f"states all their attribute values); {_fmt(da['descriptions'])} of {da['n_descriptions']} descriptions; "
+            f"per axis: {axes}; {da['missing']} descriptions empty"
+        )
+    if lines:
+        lines = ["", "**RAT user descriptions** (docs/evaluation.md, description accuracy)", "", *lines]
+    return lines
+
+
 def render_markdown(result: dict) -> str:
     cfg = result["config"]
     base = cfg["baseline"]
@@ -210,6 +228,7 @@ def render_markdown(result: dict) -> str:
             f"{am_txt} | {ra_txt} | {q_txt} |"
         )
     lines += _acceptability_lines(result)
+    lines += _description_lines(result)
     lines += ["", "![win rate](win_rate.png)", ""]
     if result.get("reward_accuracy"):
         lines += ["## Reward accuracy vs shots", ""]

@@ -197,6 +197,7 @@ def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[
 
 def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict[str, list], dict[str, dict]]:
     """Stage 2: every row's greedy answers to the same queries; (generations, method rows)."""
+    from fspo.eval.descriptions import description_accuracy
     from fspo.eval.generate import generate_method
 
     gens: dict[str, list] = {}
@@ -233,6 +234,11 @@ def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict
             "generation": stats,
             "attribute_match": _attribute_match(plan.data.users, g),
         }
+        if METHODS[name].prompt_layout.writes_description:
+            # RAT: does the description it wrote state the user's true attributes? (issue 13)
+            method_rows[name]["description_accuracy"] = description_accuracy(
+                [(x.user_id, x.description) for x in g], plan.data.users
+            )
     return gens, method_rows
 
 
