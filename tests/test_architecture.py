@@ -21,6 +21,7 @@ LAYER = {
     "serve": 5,
     "demo": 6,
     "cli": 6,
+    "data_commands": 6,
     "__main__": 6,
 }
 

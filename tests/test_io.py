@@ -71,6 +71,8 @@ def test_export_trl_roundtrip(tmp_path, records):
     n = export_trl(records, tmp_path / "trl.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "trl.jsonl").read_text().splitlines()]
     assert n == len(records) and set(rows[0]) == {"prompt", "chosen", "rejected", "user_id"}
+    want = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "user_id": r.user_id} for r in records]
+    assert rows == want  # a chosen/rejected swap or a reordering fails here
 
 
 def test_write_jsonl_is_atomic(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from fspo.data.runs import resolve_model
 from fspo.serve.api import create_app
 from fspo.serve.live import serve_in_thread
 from fspo.serve.personalize import Engine
-from fspo.data.runs import resolve_model
 from fspo.serve.users import UserStore
 
 ADMIN = "admin-secret"

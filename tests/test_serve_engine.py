@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from fspo.data.runs import ResolvedModel, resolve_model
 from fspo.data.schema import PreferenceRecord
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.serve.personalize import Engine
-from fspo.data.runs import ResolvedModel, resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from fspo.errors import FspoError
 SUBCOMMAND_MODULES = (
     "fspo.demo",
     "fspo.synth.command",
-    "fspo.data.commands",
+    "fspo.data_commands",
     "fspo.train.command",
     "fspo.eval.command",
     "fspo.serve.command",

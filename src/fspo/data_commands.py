@@ -1,4 +1,4 @@
-"""``fspo validate`` and ``fspo export``: check data files, convert to TRL's format."""
+"""``fspo validate`` and ``fspo export``: check data files, convert to TRL's format (raw pairs or FSPO episodes)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, default=None, help="also report users with fewer than SHOTS+1 preferences")
     p.set_defaults(func=run_validate)
 
-    e = sub.add_parser("export", help="export preferences to TRL's prompt/chosen/rejected JSONL")
+    e = sub.add_parser(
+        "export",
+        help="export preferences (or rendered FSPO episodes) as TRL prompt/chosen/rejected rows",
+        description="Without --episodes: one row per labeled preference. With --episodes: one row per FSPO episode "
+        "(the prompt holds the user's N shots and the query; chosen/rejected are the completions fspo trains on), "
+        "sampled like fspo train samples them, for TRL's DPOTrainer. Output: .jsonl, .parquet, or a datasets folder.",
+    )
     e.add_argument("data", help="prefs.jsonl (or a folder holding it)")
-    e.add_argument("--out", required=True, help="output JSONL path")
+    e.add_argument("--out", required=True, help="output: FILE.jsonl, FILE.parquet or a datasets folder")
     e.add_argument("--split", default=None, choices=("train", "test", "validation"), help="only rows of this split")
+    e.add_argument("--episodes", action="store_true", help="rendered FSPO episodes instead of raw pairs")
+    e.add_argument("--shots", type=int, default=4, help="--episodes: N shots per episode (default: 4)")
+    e.add_argument("--layout", default="fspo", help="--episodes: prompt layout (default: fspo)")
+    e.add_argument("--resamples", type=int, default=None, help="--episodes: contexts per query (default: 2(N+1))")
+    e.add_argument("--heldout-users", type=float, default=0.0, help="--episodes: extra fraction of users held out")
+    e.add_argument("--seed", type=int, default=0, help="--episodes: sampling seed (default: 0)")
+    e.add_argument("--model", default=None, help="--episodes: fit shots to --max-length with this model's tokenizer")
+    e.add_argument("--max-length", type=int, default=None, help="--episodes: tokens per sequence, prompt + answer")
     e.set_defaults(func=run_export)
 
 
@@ -77,6 +91,8 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from fspo.data.io import export_trl, load_data
 
+    if args.episodes:
+        return run_export_episodes(args)
     data = load_data(args.data)
     rows = data.prefs if args.split is None else data.split(args.split)
     try:
@@ -84,4 +100,47 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FspoError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+def run_export_episodes(args: argparse.Namespace) -> int:
+    from fspo.data.episode_export import episode_rows, write_rows
+    from fspo.data.io import load_data
+    from fspo.data.prompts import layout_of
+    from fspo.data.runs import DEFAULT_MAX_LENGTH
+
+    if args.shots < 0 or (args.resamples is not None and args.resamples < 1):
+        raise FspoError("--shots must be >= 0 and --resamples >= 1")
+    if not 0.0 <= args.heldout_users < 1.0:
+        raise FspoError(f"--heldout-users must be in [0, 1), got {args.heldout_users}")
+    if args.split not in (None, "train", "test"):
+        raise FspoError("--episodes exports the train or the test split")
+    try:
+        layout_of(args.layout)
+    except ValueError as exc:
+        raise FspoError(f"--layout: {exc}") from None
+    tokenizer = None
+    if args.model:
+        from fspo.models.registry import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    data = load_data(args.data)
+    rows = list(
+        episode_rows(
+            data,
+            args.split or "train",
+            args.shots,
+            args.layout,
+            args.seed,
+            args.resamples,
+            args.heldout_users,
+            tokenizer,
+            args.max_length or DEFAULT_MAX_LENGTH,
+        )
+    )
+    try:
+        fmt = write_rows(rows, args.out)
+    except OSError as exc:
+        raise FspoError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {len(rows)} {args.split or 'train'} episodes ({fmt}) to {args.out}")
     return 0

@@ -1,7 +1,7 @@
 """The model card (``final/README.md``): what a person or the Hub needs to use the model alone.
 
 Written by ``fspo train`` next to the run record in ``final/``; the card is for reading, the
-record (``fspo_run.json``) is what fspo itself reads.
+run record (:data:`fspo.data.runs.RUN_FILE`) is what fspo itself reads.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from fspo.data.prompts import generation_prefix, layout_of, render_prompt
-from fspo.data.runs import RunRecord
+from fspo.data.runs import RUN_FILE, RunRecord
 from fspo.data.schema import PreferenceRecord
 
 
@@ -67,7 +67,7 @@ def model_card(record: RunRecord, command: str) -> str:
         "```",
         "",
         'With fspo: `fspo personalize --model THIS_FOLDER --prefs user.jsonl "question"`, or '
-        "`fspo serve --model THIS_FOLDER` (layout, shots and budget are read from `fspo_run.json`).",
+        f"`fspo serve --model THIS_FOLDER` (layout, shots and budget are read from `{RUN_FILE}`).",
         "",
         "## Training",
         "",

@@ -468,7 +468,7 @@ def write_run_record(
     )
     record.write(out)
     record.relocated(FINAL_DIR).write(out / FINAL_DIR)
-    command = command or "fspo.train.trainer.train(TrainConfig(...)) with the config in fspo_run.json"
+    command = command or "fspo.train.trainer.train(TrainConfig(...)) with the config in the run record"
     write_text_atomic(out / FINAL_DIR / "README.md", model_card(record, command))
     return record
 
