@@ -51,7 +51,12 @@ def test_presets_and_plain_folders_get_the_defaults(tmp_path):
     (tmp_path / "plain").mkdir()
     for spec in ("tiny", str(tmp_path / "plain")):
         got = resolve_model(spec)
-        assert (got.layout, got.n_shots, got.max_length, got.trained) == ("fspo", DEFAULT_SHOTS, DEFAULT_MAX_LENGTH, False)
+        assert (got.layout, got.n_shots, got.max_length, got.trained) == (
+            "fspo",
+            DEFAULT_SHOTS,
+            DEFAULT_MAX_LENGTH,
+            False,
+        )
         assert got.reference is None
     with pytest.raises(FspoError, match="not a run folder"):
         resolve_model(str(tmp_path / "missing"))

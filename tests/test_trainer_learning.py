@@ -74,7 +74,9 @@ def test_grad_accumulation_2x1_equals_batch_2(dataset, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6  # ...by the same step either way
     ra, rb = _rows(one), _rows(two)
     for x, y in zip(ra, rb):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-6)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["rewards/margins"] == pytest.approx(
+            y["rewards/margins"], abs=1e-6
+        )
 
 
 @pytest.mark.parametrize(
