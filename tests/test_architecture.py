@@ -59,3 +59,23 @@ def test_layout_names_and_run_file_live_in_one_place():
     for path in [*SRC.glob("eval/*.py"), *SRC.glob("synth/*.py"), *SRC.rglob("serve/**/*.py")]:
         text = path.read_text()
         assert "def fit_" not in text and ".pop(0)" not in text, f"{path.name} fits shots itself"
+
+
+def test_docs_links_resolve_inside_the_repository():
+    root = SRC.parents[1]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            if not target.startswith(("http://", "https://", "mailto:")):
+                assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+        assert "DESIGN.md" not in text and "shared/" not in text, f"{doc.name} points outside the repository"
+
+
+def test_shipped_examples_and_configs_work_from_any_directory(tmp_path, monkeypatch):
+    from fspo.config import load_config
+    from fspo.data.io import load_data
+    from fspo.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert load_data(TrainConfig().data.path).prefs  # the default data path
+    assert load_config(TrainConfig, "configs/gpu_ipo.yaml").loss.name

@@ -224,8 +224,22 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED = ("examples", "configs")  # folders that ship inside the package
+
+
+def shipped_path(path: str | Path) -> Path:
+    """``path`` as given if it exists; else, for ``examples/...`` and ``configs/...``, the copy that
+    ships with fspo, so the defaults and the docs' commands work from any directory."""
     p = Path(path)
+    if p.exists() or p.is_absolute() or not p.parts or p.parts[0] not in SHIPPED:
+        return p
+    packaged = PACKAGE_DIR / p
+    return packaged if packaged.exists() else p
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = shipped_path(path)
     if not p.is_file():
         raise FspoError(f"{p}: no such config file")
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from fspo.config import shipped_path
 from fspo.data.schema import (
     PREFERENCE_KEYS,
     LongInteger,
@@ -521,6 +522,7 @@ def load_data(path: str | Path, users_path: str | Path | None = None) -> Prefere
     ``path`` may be a folder holding ``prefs.jsonl`` (+ ``users.jsonl``), or a preferences file;
     a ``users.jsonl`` next to the file is picked up automatically.
     """
+    path = shipped_path(path)  # examples/reviews works from any directory
     prefs_path = prefs_file_for(path)
     users_path = users_path if users_path is not None else users_file_for(path)
     prefs = _preferences(prefs_path)

@@ -1,6 +1,6 @@
 """The canonical records: one labeled preference of one user, and one user.
 
-Every stage reads and writes these (``prefs.jsonl`` and ``users.jsonl``, DESIGN.md section 3).
+Every stage reads and writes these (``prefs.jsonl`` and ``users.jsonl``, docs/data.md).
 Parsing is strict and names the file, line and field of every problem, because silently
 dropping or mis-orienting a preference corrupts a user's few-shot context. The rules are listed
 in docs/data.md ("Validation rules").

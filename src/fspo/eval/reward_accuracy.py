@@ -3,7 +3,7 @@
 Trained model with a reference: the implicit reward h = [s_θ(y_w) − s_θ(y_l)] − [s_ref(y_w) − s_ref(y_l)]
 (β > 0 does not change the sign), correct when h > 0, with the reduction the run trained with.
 Untrained model: the plain log-likelihood comparison s(y_w) > s(y_l), mean-reduced by default
-(summed log-probs favour the shorter answer; reference/feasibility-smollm2-cpu.md). A tie (h = 0)
+(summed log-probs favour the shorter answer; docs/evaluation.md). A tie (h = 0)
 counts as wrong. Log-probs are cached by (model fingerprint, token ids), so the base model scored
 once serves as the reference of every run trained from it, and a zero-shot layout is scored once
 for the whole curve.

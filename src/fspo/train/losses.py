@@ -1,6 +1,6 @@
 """Preference losses as small pure functions (the math stays visible and testable).
 
-Notation (DESIGN.md section 5): s(y) is the log-probability of a completion under a model,
+Notation (docs/training.md): s(y) is the log-probability of a completion under a model,
 h = [s_θ(y_w) − s_θ(y_l)] − [s_ref(y_w) − s_ref(y_l)].
 
 The reduction of token log-probs into s(y) is explicit:

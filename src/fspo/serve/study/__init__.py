@@ -1,1 +1,1 @@
-"""``fspo study``: a browser human study of personalized vs baseline answers (DESIGN.md, issue 6)."""
+"""``fspo study``: a browser human study of personalized vs baseline answers (docs/study.md)."""
