@@ -7,13 +7,14 @@ an error, not a download.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 from fspo.data.runs import FINAL_DIR, RUN_FILE
 from fspo.errors import FspoError
-from fspo.models import DTYPE_NAMES
+from fspo.models import DEVICE_NAMES, DTYPE_NAMES
 
 PRESETS = ("tiny", "smollm2")
 DTYPES = {
@@ -31,6 +32,39 @@ def resolve_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise FspoError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}") from None
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if available, else mps if available, else cpu (training's choice too). Asking
+    for a device this machine lacks is a one-line error, not a CUDA traceback at the first tensor."""
+    name = (name or "auto").strip().lower()
+    if name not in DEVICE_NAMES and not name.startswith("cuda:"):
+        raise FspoError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_NAMES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise FspoError(f"--device {name}: CUDA is not available ({why}); use --device auto or cpu")
+    if name == "mps" and not _mps_available():
+        raise FspoError("--device mps: Apple MPS is not available on this machine; use --device auto or cpu")
+    return torch.device(name)
+
+
+def check_dtype_for_device(dtype: str, device: torch.device) -> None:
+    """Half precision on a CPU runs but is about 10x slower than float32 there: say so once."""
+    if device.type == "cpu" and resolve_dtype(dtype) != torch.float32:
+        print(
+            f"fspo: warning: --dtype {dtype} on CPU is about 10x slower than float32 (most CPUs lack half-precision "
+            "units); use --dtype float32 on CPU",
+            file=sys.stderr,
+        )
 
 
 def model_dir(spec: str) -> Path | None:
@@ -67,23 +101,30 @@ def load_tokenizer(spec: str):
     return tok
 
 
-def load_model(spec: str, dtype: str = "float32", seed: int = 0):
-    """Load ``(model, tokenizer)``. A folder with a LoRA adapter is merged onto its base model."""
+def load_model(spec: str, dtype: str = "float32", seed: int = 0, device: str | None = None):
+    """Load ``(model, tokenizer)`` on ``device`` (``auto|cpu|cuda|mps``, see :func:`resolve_device`;
+    None: on the CPU, for a caller that places the model itself, as training does through
+    accelerate). A folder with a LoRA adapter is merged onto its base model."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch_dtype = resolve_dtype(dtype)
+    target = torch.device("cpu") if device is None else resolve_device(device)  # fails before weights load
+    if device is not None:
+        check_dtype_for_device(dtype, target)
     tok = load_tokenizer(spec)
     if spec == "tiny":
         from fspo.models.tiny import build_tiny_model
 
-        return build_tiny_model(tok, seed=seed).to(resolve_dtype(dtype)), tok
+        return build_tiny_model(tok, seed=seed).to(device=target, dtype=torch_dtype), tok
     from transformers import AutoModelForCausalLM
 
     path = model_dir(spec)
     if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).merge_and_unload()
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model = model.to(target)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
