@@ -64,6 +64,30 @@ def test_eval_attribute_judge_end_to_end(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_llm_judge_through_a_local_model(tiny_run, tmp_path):
+    """--judge-model names a local model: the judge runs it in process (both orders, cached)."""
+    out = tmp_path / "eval_local_judge"
+    args = ["eval", *EVAL_ARGS, "--model", str(tiny_run), "--judge", "llm", "--judge-model", "tiny"]
+    assert main([*args, "--no-reward-accuracy", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["judge"]["name"].startswith("llm:tiny")
+    rows = [json.loads(x) for x in (out / "comparisons.jsonl").read_text().splitlines()]
+    n = sum(wr["n"] for wr in res["win_rate"].values())
+    assert (
+        len(rows) == n
+        and sum(
+            res["judge"]["kinds"].get(m, {}).get(k, 0)
+            for m in res["judge"]["kinds"]
+            for k in ("agree", "flip", "partial", "unparsed")
+        )
+        == n
+    )
+    # the LLM's own verdict on a pair whose orders do not agree is a tie, never a guess (the
+    # acceptability gate may still decide the pair: then ``preference`` is the gate's)
+    assert all(r["judge_preference"] == 0 for r in rows if r["kind"] != "agree")
+
+
+@pytest.mark.slow
 def test_eval_llm_judge_scripted_end_to_end(tiny_run, tmp_path):
     out = tmp_path / "eval_llm"
     args = ["eval", *EVAL_ARGS, "--model", str(tiny_run), "--judge", "llm", "--judge-model", "scripted"]

@@ -84,11 +84,9 @@ def test_reduction_changes_ipo_target_scale():
 
 # ---------------------------------------------------------------- parity with TRL's DPOTrainer
 
-trl = pytest.importorskip("trl")
-
-
 @pytest.fixture(scope="module")
 def tiny():
+    pytest.importorskip("trl")  # only the parity tests need TRL; the hand-computed ones above always run
     from fspo.models.registry import load_model
 
     model, tok = load_model("tiny", seed=3)

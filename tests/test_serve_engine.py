@@ -73,8 +73,15 @@ def test_only_most_recent_n_shots(engine: Engine) -> None:
     assert r.shots_used == 4 and "Review film 2." in r.text and "Review film 1." not in r.text
 
 
-def test_rat_layout_returns_description(engine: Engine) -> None:
+def test_rat_layout_returns_description(engine: Engine, monkeypatch) -> None:
+    """A RAT model writes its description, then the answer block; the engine splits the two."""
     rat = Engine(engine.model, engine.tokenizer, ResolvedModel("tiny", layout="rat"))
-    out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=6, temperature=1.0, seed=2))
+    written = "\nLikes bright, happy films.\n## Preferred Response \nA joyful movie.\n# Example 3"
+    ids = engine.tokenizer(written, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(rat, "_decode", lambda *a, **k: ids)
+    out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=40))
     assert out.prompt.endswith("## User Description")  # the model writes the newline, as in training
-    assert out.description is not None or out.answer == ""
+    assert (out.description, out.answer) == ("Likes bright, happy films.", "A joyful movie.")
+    monkeypatch.setattr(rat, "_decode", lambda *a, **k: engine.tokenizer("\nOnly a description.")["input_ids"])
+    out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=40))
+    assert (out.description, out.answer) == ("Only a description.", "")  # no answer block: no answer

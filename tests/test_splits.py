@@ -31,3 +31,32 @@ def test_heldout_users_never_in_training_episodes():
     assert seen and not seen & set(held)
     with pytest.raises(FspoError, match="held-out users appear"):
         check_disjoint_users(marked, held)
+
+
+def test_heldout_question_rows_never_reach_training(tmp_path, tiny):
+    """Rows of training users marked split=test (held-out questions, the paper's setting) are neither
+    shots nor queries of any training episode."""
+    import json
+
+    from fspo.train.config import DataConfig
+    from fspo.train.data import prepare_training_data
+
+    rows = [r for r in make_records(3, 8)]
+    held_q = {"Question 2 for everyone?", "Question 5 for everyone?"}
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "prefs.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"user_id": r.user_id, "prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected,
+                 "split": "test" if r.prompt in held_q else "train"}  # fmt: skip
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+    data = prepare_training_data(DataConfig(path=str(folder), shots=3, eval_episodes=0), tiny[1], seed=0)
+    assert data.train
+    for pair in data.train:
+        text = tiny[1].decode(pair.prompt_ids + pair.chosen_ids)
+        assert not any(q in text for q in held_q), text
