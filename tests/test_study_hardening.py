@@ -514,6 +514,14 @@ def test_study_serve_command(tmp_path) -> None:
             base + "/api/label", json={"position": state["item"]["position"], "choice": "left"}, headers=bearer(token)
         )
         assert r.status_code == 200
+        # a second server on the same study database is refused at once (one writer per study)
+        second = subprocess.run(
+            [sys.executable, "-m", "fspo.cli", "study", "serve", "--db", str(tmp_path / "study.sqlite"), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2 and "another fspo process" in second.stderr and "Traceback" not in second.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)

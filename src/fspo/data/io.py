@@ -457,23 +457,36 @@ def lock_output(folder: str | Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _acquire(folder: Path, tries: int = 5) -> int:
-    """Open and lock ``folder/.fspo.lock``; write our pid into it for the next one's message."""
+@contextmanager
+def lock_file(path: str | Path) -> Iterator[Path]:
+    """Hold the one-writer lock of a single file (a study's database) while serving it: a second
+    server on the same file fails at once. The lock is ``.NAME.lock`` next to the file."""
+    path = Path(path)
+    fd = _acquire(path.parent, f".{path.name}.lock", str(path))
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
+def _acquire(folder: Path, lock_name: str = LOCK_NAME, label: str | None = None, tries: int = 5) -> int:
+    """Open and lock ``folder/lock_name``; write our pid into it for the next one's message."""
     import fcntl
 
-    lock = folder / LOCK_NAME
+    lock = folder / lock_name
+    label = label or str(folder)
     for _ in range(tries):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise FspoError(f"{folder}: cannot write here: {exc.strerror or exc}") from None
+            raise FspoError(f"{label}: cannot write here: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise FspoError(f"{folder}: another fspo process is writing here (pid {holder})") from None
+            raise FspoError(f"{label}: another fspo process is writing here (pid {holder})") from None
         try:  # a failed first run may have removed the file we opened: then lock the new one
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -483,7 +496,7 @@ def _acquire(folder: Path, tries: int = 5) -> int:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
-    raise FspoError(f"{folder}: could not lock the output folder (it keeps being removed)")
+    raise FspoError(f"{label}: could not take the lock (it keeps being removed)")
 
 
 def _remove_if_only_lock(folder: Path) -> None:

@@ -95,24 +95,28 @@ def run_init(args: argparse.Namespace) -> int:
 
 def run_serve(cli: argparse.Namespace) -> int:
     from fspo.config import config_from_args
+    from fspo.data.io import lock_file
     from fspo.serve.config import StudyServeConfig
     from fspo.serve.live import listen, run_server
     from fspo.serve.study.app import answer_budgets, check_fit, create_app, load_engines
 
     args = config_from_args(StudyServeConfig, cli)
     store = _open(args.db)
-    sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
-    config = store.config()
-    engine, baseline = load_engines(config) if config.needs_model() else (None, None)
-    if engine is not None:  # a study already running is not refused: the long question gets fewer tokens
-        for problem in check_fit(config, answer_budgets(config, engine, baseline), serving=True):
-            print(f"fspo study: warning: {problem}", file=sys.stderr)
-    app = create_app(store, engine, baseline)
-    waiting = app.state.generator.resume()
-    note = f"; generating answers for {waiting} waiting participants" if waiting else ""
-    port = sock.getsockname()[1]
-    print(f"fspo study: http://{args.host}:{port}/ (participants join with their invite link){note}", file=sys.stderr)
-    run_server(app, sock)
+    with lock_file(args.db):  # one server per study database, held from before the models load
+        sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
+        config = store.config()
+        engine, baseline = load_engines(config) if config.needs_model() else (None, None)
+        if engine is not None:  # a study already running is not refused: the long question gets fewer tokens
+            for problem in check_fit(config, answer_budgets(config, engine, baseline), serving=True):
+                print(f"fspo study: warning: {problem}", file=sys.stderr)
+        app = create_app(store, engine, baseline)
+        waiting = app.state.generator.resume()
+        note = f"; generating answers for {waiting} waiting participants" if waiting else ""
+        port = sock.getsockname()[1]
+        print(
+            f"fspo study: http://{args.host}:{port}/ (participants join with their invite link){note}", file=sys.stderr
+        )
+        run_server(app, sock)
     return 0
 
 
