@@ -130,13 +130,19 @@ def test_other_bad_requests(client: TestClient) -> None:
     assert r.status_code == 422 and "user message" in r.json()["error"]["message"]
     chat = {"messages": [{"role": "user", "content": "hi"}]}
     assert "user" in client.post("/v1/chat/completions", json=chat, headers=auth()).json()["error"]["message"]
-    chat = {"messages": [{"role": "user", "content": "hi"}], "user": "alice", "stream": True}
-    assert client.post("/v1/chat/completions", json=chat, headers=auth()).status_code == 400
+    chat = {"messages": [{"role": "user", "content": "hi"}], "user": "alice", "n": 9}
+    r = client.post("/v1/chat/completions", json=chat, headers=auth())
+    assert r.status_code == 400 and r.json()["error"]["message"] == "n must be from 1 to 8, got 9"
 
 
 def test_openapi_spec(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/users/{user_id}/preferences", "/v1/users/{user_id}/generate"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/users/{user_id}/preferences",
+        "/v1/users/{user_id}/generate",
+    ):
         assert path in spec["paths"]
 
 

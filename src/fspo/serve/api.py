@@ -6,15 +6,23 @@ route takes the user id from the path (or, for chat completions, the ``user`` fi
 against the key, and every storage call is filtered by that id, so one user's requests can
 neither read nor change another user's preferences, nor have them enter their prompt.
 
+OpenAI compatibility (docs/serving.md): ``/v1/chat/completions`` and ``/v1/completions`` answer
+with OpenAI's objects, stream as server-sent events (``stream=true``), report the prompt tokens
+served from the user's prefix cache as ``usage.prompt_tokens_details.cached_tokens``, and return
+``n`` (1-8) choices, each sampled with seed ``seed + i``.
+
 Limits (docs/serving.md): the credential is checked before a byte of the body is read, and the body
 is counted on the stream (1 MB), so an unauthenticated or chunked upload cannot grow the process.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -23,11 +31,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import StreamingResponse
 
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
 from fspo.serve.live import BodyGuard, ErrorJSONResponse, bearer_token
-from fspo.serve.personalize import Engine
+from fspo.serve.personalize import Engine, Personalized
 from fspo.serve.users import TooManyPreferences, UserStore
 
 MAX_BODY_BYTES = 1_000_000
@@ -51,7 +60,9 @@ UserId = Annotated[
         description="user id: 1-64 of A-Z a-z 0-9 _ . @ : - (not only dots)",
     ),
 ]
-TEMPERATURE_DOC = f"0 to 2; 0 (or below {MIN_TEMPERATURE}) is greedy"
+TEMPERATURE_DOC = f"0 to 2; 0 (or below {MIN_TEMPERATURE}) is greedy; default 0 (OpenAI's is 1)"
+MAX_CHOICES = 8  # ``n``: choices per OpenAI request, generated one after another
+DEFAULT_MAX_TOKENS = 128
 
 
 class Pair(BaseModel):
@@ -125,8 +136,37 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description=TEMPERATURE_DOC)
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
+    # Checked by the route (a 400 naming the limit), not by the schema.
+    n: int | None = Field(None, description=f"choices, 1-{MAX_CHOICES} (seed + i each)")
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy completions request: ``prompt`` is the question (fspo renders the user's shots
+    around it, as in chat); ``user`` (or a per-user key) picks whose pairs condition it."""
+
+    model: str = Field("", max_length=256)
+    prompt: str | list[str]
+    user: str | None = Field(None, pattern=USER_ID_PATTERN, min_length=1, max_length=64)
+    max_tokens: int | None = Field(None, ge=1, le=1024)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description=TEMPERATURE_DOC)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    n: int | None = Field(None, description=f"choices, 1-{MAX_CHOICES} (seed + i each)")
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode(cls, prompt):
+        for text in [prompt] if isinstance(prompt, str) else prompt:
+            _check_unicode(text)
+        return prompt
 
 
 MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
@@ -161,6 +201,84 @@ def sampling(max_new_tokens: int, temperature: float | None, top_p: float | None
     if temperature < MIN_TEMPERATURE:
         temperature = 0.0
     return GenerationParams(max_new_tokens, temperature, top_p or 1.0, seed or 0)
+
+
+def _choices(n: int | None) -> int:
+    n = 1 if n is None else n
+    if not 1 <= n <= MAX_CHOICES:
+        raise HTTPException(400, f"n must be from 1 to {MAX_CHOICES}, got {n}")
+    return n
+
+
+def _usage(outs: list[Personalized]) -> dict:
+    """OpenAI's usage: the prompt once, every choice's completion, and the prompt tokens whose KV came
+    from the user's prefix cache when the request arrived (the first choice's)."""
+    prompt, completion = outs[0].prompt_tokens, sum(o.completion_tokens for o in outs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": outs[0].cached_tokens},
+    }
+
+
+def _fspo_info(user_id: str, outs: list[Personalized]) -> dict:
+    return {
+        "user": user_id,
+        "description": outs[0].description,
+        "descriptions": [o.description for o in outs],
+        "shots_used": outs[0].shots_used,
+    }
+
+
+def _finish_reason(out: Personalized, max_new: int) -> str:
+    return "length" if out.completion_tokens >= max_new else "stop"
+
+
+def _sse(obj: dict | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def _event_stream(
+    start: Iterator,
+    more: Callable[[int], Iterator],
+    n: int,
+    max_new: int,
+    header: dict,
+    choice: Callable[[int, str | None, str | None, bool], dict | None],
+    include_usage: bool,
+    user_id: str,
+) -> Iterator[bytes]:
+    """Server-sent events for ``n`` choices generated one after another (``start`` is the first
+    choice's stream, already rendered; ``more(i)`` opens choice ``i``), then ``data: [DONE]``."""
+    outs: list[Personalized] = []
+    extra = {"usage": None} if include_usage else {}
+    try:
+        for i in range(n):
+            stream = start if i == 0 else more(i)
+            opening = choice(i, "", None, True)  # chat's role chunk; completions have none
+            if opening is not None:
+                yield _sse(header | {"choices": [opening]} | extra)
+            for item in stream:
+                if isinstance(item, str):
+                    yield _sse(header | {"choices": [choice(i, item, None, False)]} | extra)
+                else:
+                    outs.append(item)
+            last = header | {"choices": [choice(i, None, _finish_reason(outs[-1], max_new), False)]} | extra
+            if i == n - 1:
+                last["fspo"] = _fspo_info(user_id, outs)
+            yield _sse(last)
+        if include_usage:
+            yield _sse(header | {"choices": [], "usage": _usage(outs)})
+    except FspoError as exc:  # after the 200 went out, an error can only be an event
+        yield _sse({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}})
+    yield _sse("[DONE]")
+
+
+def _streaming(events: Iterator[bytes]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_name: str = "fspo") -> FastAPI:
@@ -317,38 +435,133 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
             result["prompt"] = out.prompt
         return result
 
-    @app.post("/v1/chat/completions", tags=["openai"])
-    def chat_completions(body: ChatRequest, who: Principal = Depends(principal)) -> dict:
-        """OpenAI-compatible: ``user`` picks whose preferences condition the answer; the last user message
-        is the question (earlier turns and system messages are not part of the FSPO layout)."""
-        if body.stream:
-            raise HTTPException(400, "stream=true is not supported")
-        user_id = body.user or who.user_id
+    def openai_user(requested: str | None, who: Principal) -> str:
+        user_id = requested or who.user_id
         if user_id is None:
             raise HTTPException(400, "set 'user' to the id whose preferences should condition the answer")
-        for_user(user_id, who)
+        return for_user(user_id, who)
+
+    def choice_params(params: GenerationParams, i: int) -> GenerationParams:
+        return replace(params, seed=(params.seed + i) % 2**31)
+
+    def run_openai(user_id: str, question: str, params: GenerationParams, n: int, stream: bool, **events):
+        """``n`` answers (a list), or for ``stream`` the SSE response; the user's pairs are read once."""
+        shots = [p.record() for p in store.list(user_id)]
+        if not stream:
+            return [engine.generate(user_id, shots, question, choice_params(params, i)) for i in range(n)]
+        first = engine.stream(user_id, shots, question, choice_params(params, 0))  # a prompt that does not fit: 400
+
+        def more(i: int):
+            return engine.stream(user_id, shots, question, choice_params(params, i))
+
+        return _streaming(_event_stream(first, more, n, params.max_new_tokens, user_id=user_id, **events))
+
+    def include_usage(options: dict[str, Any] | None) -> bool:
+        return bool((options or {}).get("include_usage"))
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    def chat_completions(body: ChatRequest, who: Principal = Depends(principal)):
+        """OpenAI-compatible: ``user`` picks whose preferences condition the answer; the last user message
+        is the question (earlier turns and system messages are not part of the FSPO layout).
+        ``stream=true`` answers with server-sent ``chat.completion.chunk`` events."""
+        user_id = openai_user(body.user, who)
+        n = _choices(body.n)
         question = _last_user_text(body.messages)
-        max_new = body.max_completion_tokens or body.max_tokens or 128
+        max_new = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
         params = sampling(max_new, body.temperature, body.top_p, body.seed)
-        out = generate_for(user_id, question, params)
-        finish = "length" if out.completion_tokens >= max_new else "stop"
+        cid, created, model = "chatcmpl-" + uuid.uuid4().hex, int(time.time()), body.model or model_name
+        if body.stream:
+            header = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+
+            def choice(i: int, text: str | None, finish: str | None, first: bool) -> dict:
+                delta = {"role": "assistant", "content": ""} if first else {} if text is None else {"content": text}
+                return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+            return run_openai(
+                user_id,
+                question,
+                params,
+                n,
+                True,
+                header=header,
+                choice=choice,
+                include_usage=include_usage(body.stream_options),
+            )
+        outs = run_openai(user_id, question, params, n, False)
         return {
-            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "id": cid,
             "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model or model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.answer}, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": out.prompt_tokens,
-                "completion_tokens": out.completion_tokens,
-                "total_tokens": out.prompt_tokens + out.completion_tokens,
-            },
-            "fspo": {
-                "user": user_id,
-                "description": out.description,
-                "shots_used": out.shots_used,
-                "cached_tokens": out.cached_tokens,
-            },
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": out.answer},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(out, max_new),
+                }
+                for i, out in enumerate(outs)
+            ],
+            "usage": _usage(outs),
+            "fspo": _fspo_info(user_id, outs),
+        }
+
+    @app.post("/v1/completions", tags=["openai"])
+    def completions(body: CompletionRequest, who: Principal = Depends(principal)):
+        """OpenAI's legacy completions: ``prompt`` is the question (the user's shots are rendered around
+        it, exactly as in chat), ``user`` or a per-user key picks the user. ``stream=true`` answers with
+        server-sent ``text_completion`` events. ``echo``, ``suffix``, ``logprobs`` and ``best_of`` > 1 are 400."""
+        user_id = openai_user(body.user, who)
+        n = _choices(body.n)
+        for name, unsupported in (
+            ("echo", bool(body.echo)),
+            ("suffix", body.suffix is not None),
+            ("logprobs", body.logprobs is not None),
+            ("best_of", (body.best_of or 1) != 1),
+        ):
+            if unsupported:
+                raise HTTPException(400, f"{name} is not supported by fspo serve")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise HTTPException(400, "prompt: give one string (one question per request)")
+        question = prompts[0].strip()
+        if not question:
+            raise HTTPException(422, "prompt: must not be empty")
+        if len(question) > 4000:
+            raise HTTPException(422, "prompt: over 4000 characters")
+        max_new = body.max_tokens or DEFAULT_MAX_TOKENS
+        params = sampling(max_new, body.temperature, body.top_p, body.seed)
+        cid, created, model = "cmpl-" + uuid.uuid4().hex, int(time.time()), body.model or model_name
+        if body.stream:
+            header = {"id": cid, "object": "text_completion", "created": created, "model": model}
+
+            def choice(i: int, text: str | None, finish: str | None, first: bool) -> dict | None:
+                if first:
+                    return None
+                return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+            return run_openai(
+                user_id,
+                question,
+                params,
+                n,
+                True,
+                header=header,
+                choice=choice,
+                include_usage=include_usage(body.stream_options),
+            )
+        outs = run_openai(user_id, question, params, n, False)
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": i, "text": out.answer, "logprobs": None, "finish_reason": _finish_reason(out, max_new)}
+                for i, out in enumerate(outs)
+            ],
+            "usage": _usage(outs),
+            "fspo": _fspo_info(user_id, outs),
         }
 
     return app

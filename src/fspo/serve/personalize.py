@@ -6,16 +6,20 @@ the end of the shots (a bounded LRU), and a repeat question only encodes the que
 decided by comparing token ids, never by trusting a key alone: a cache entry is used only if its
 ids are an exact prefix of the new prompt's ids, so a stale entry (the user changed their
 preferences) or a tokenization difference at the boundary silently falls back to recomputing.
+
+:meth:`Engine.stream` yields the answer while it is generated (the same ``generate`` call with a
+token streamer, so a streamed answer equals the non-streamed one, cache included).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +97,46 @@ class PrefixCache:
         return list(self._entries)
 
 
+def _cut_stops(text: str) -> str:
+    for stop in STOP_STRINGS:
+        text = text.split(stop)[0]
+    return text
+
+
+def _replace_answer(result: Personalized, answer: str) -> Personalized:
+    from dataclasses import replace
+
+    return replace(result, answer=answer)
+
+
+class _Tokens:
+    """A ``generate`` streamer that forwards each step's new token ids to a queue (the prompt's first
+    ``put`` is skipped)."""
+
+    def __init__(self, events: queue.Queue) -> None:
+        self.events = events
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.events.put(("tokens", value.reshape(-1).tolist()))
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation once ``event`` is set (the stream's reader left)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -116,11 +160,16 @@ class Engine:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def load(cls, info: ResolvedModel, cache_users: int = 32, dtype: str = "float32") -> Engine:
+    def load(cls, info: ResolvedModel, cache_users: int = 32, dtype: str = "float32", device: str = "auto") -> Engine:
+        """Load ``info``'s model on ``device`` (auto: cuda, else mps, else cpu) in ``dtype``."""
         from fspo.models.registry import load_model
 
-        model, tok = load_model(info.spec, dtype=dtype)
+        model, tok = load_model(info.spec, dtype=dtype, device=device)
         return cls(model, tok, info, cache_users)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     # ---- prompts -------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -159,20 +208,51 @@ class Engine:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        self.model(input_ids=torch.tensor([ids]), use_cache=True, **{self._cache_kw: cache})
+        self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **{self._cache_kw: cache})
         return cache
 
     @torch.no_grad()
-    def _decode(self, ids: list[int], params: GenerationParams, cache=None) -> list[int]:
+    def _decode(self, ids: list[int], params: GenerationParams, cache=None, streamer=None, stop=None) -> list[int]:
         tok = self.tokenizer
         kwargs = generate_kwargs(params, tok) | {"stop_strings": list(STOP_STRINGS), "tokenizer": tok}
         if cache is not None:
             kwargs[self._cache_kw] = cache
-        input_ids = torch.tensor([ids])
-        with torch.random.fork_rng():
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if stop is not None:
+            kwargs["stopping_criteria"] = [_Cancelled(stop)]
+        input_ids = torch.tensor([ids], device=self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(params.seed)
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         return out[0, len(ids) :].tolist()
+
+    def _run(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, **stream) -> tuple:
+        """``(cached_tokens, new_ids)``: one generation under the model lock, through the user's prefix cache."""
+        with self._lock:
+            if use_cache and rendered.prefix_text:
+                entry, hit = self._cached_prefix(user_id, rendered)
+                # Generation extends the cache in place, so it runs on a copy (cheap next to re-encoding).
+                work = copy.deepcopy(entry.cache) if entry.cache is not None else None
+                return (len(entry.ids) if hit else 0), self._decode(rendered.ids, params, work, **stream)
+            return 0, self._decode(rendered.ids, params, **stream)
+
+    def _finish(self, rendered: Rendered, layout: str, cached: int, new: list[int], start: float) -> Personalized:
+        raw = _cut_stops(self.tokenizer.decode(new, skip_special_tokens=True))
+        answer, description = parse_generation(raw, layout)
+        return Personalized(
+            answer=answer,
+            description=description,
+            raw=raw,
+            prompt=rendered.text,
+            shots_used=rendered.shots_used,
+            shots_available=rendered.shots_available,
+            prompt_tokens=len(rendered.ids),
+            cached_tokens=cached,
+            completion_tokens=len(new),
+            seconds=time.perf_counter() - start,
+        )
 
     def generate(
         self,
@@ -188,32 +268,73 @@ class Engine:
         layout = layout or self.info.layout
         rendered = self.render(shots, question, params.max_new_tokens, layout)
         start = time.perf_counter()
-        with self._lock:
-            cached = 0
-            if use_cache and rendered.prefix_text:
-                entry, hit = self._cached_prefix(user_id, rendered)
-                cached = len(entry.ids) if hit else 0
-                # Generation extends the cache in place, so it runs on a copy (cheap next to re-encoding).
-                work = copy.deepcopy(entry.cache) if entry.cache is not None else None
-                new = self._decode(rendered.ids, params, work)
-            else:
-                new = self._decode(rendered.ids, params)
-        raw = self.tokenizer.decode(new, skip_special_tokens=True)
-        for stop in STOP_STRINGS:
-            raw = raw.split(stop)[0]
-        answer, description = parse_generation(raw, layout)
-        return Personalized(
-            answer=answer,
-            description=description,
-            raw=raw,
-            prompt=rendered.text,
-            shots_used=rendered.shots_used,
-            shots_available=rendered.shots_available,
-            prompt_tokens=len(rendered.ids),
-            cached_tokens=cached,
-            completion_tokens=len(new),
-            seconds=time.perf_counter() - start,
-        )
+        cached, new = self._run(user_id, rendered, params, use_cache)
+        return self._finish(rendered, layout, cached, new, start)
+
+    def stream(
+        self,
+        user_id: str,
+        shots: Sequence[PreferenceRecord],
+        question: str,
+        params: GenerationParams | None = None,
+        use_cache: bool = True,
+        layout: str | None = None,
+    ) -> Iterator[str | Personalized]:
+        """Like :meth:`generate`, but yield the answer's text as it is generated (``str`` deltas), then
+        the :class:`Personalized` result, whose ``answer`` is the concatenation of the deltas.
+
+        The prompt is rendered now, so a question that does not fit raises here, before any output.
+        Generation runs in a worker thread (holding the model lock) with a token streamer; closing the
+        iterator early (a client that went away) stops the generation at the next token.
+        """
+        params = params or GenerationParams()
+        layout = layout or self.info.layout
+        rendered = self.render(shots, question, params.max_new_tokens, layout)
+        return self._stream(user_id, rendered, params, use_cache, layout)
+
+    def _stream(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, layout: str):
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        start = time.perf_counter()
+
+        def work() -> None:
+            try:
+                events.put(
+                    ("done", self._run(user_id, rendered, params, use_cache, streamer=_Tokens(events), stop=stop))
+                )
+            except BaseException as exc:  # re-raised in the consumer
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="fspo-stream", daemon=True)
+        worker.start()
+        new: list[int] = []
+        sent = ""
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    break
+                new += value
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                    continue
+                answer = parse_generation(_cut_stops(text), layout)[0]
+                # Only a growing answer is sent; the parse can revise its tail (a line turning out to
+                # be a header, trailing space), which the final delta below settles.
+                if answer.startswith(sent) and len(answer) > len(sent):
+                    yield answer[len(sent) :]
+                    sent = answer
+            cached, new = value
+            result = self._finish(rendered, layout, cached, new, start)
+            if result.answer.startswith(sent) and len(result.answer) > len(sent):
+                yield result.answer[len(sent) :]
+            elif not result.answer.startswith(sent):  # never seen; keep the streamed text the truth
+                result = _replace_answer(result, sent)
+            yield result
+        finally:
+            stop.set()
 
     def baseline(self, question: str, params: GenerationParams | None = None) -> Personalized:
         """The same model without the user's context (the zero-shot layout): a study's baseline arm."""
