@@ -86,9 +86,13 @@ def model_fingerprint(spec: str) -> str:
 class ModelPool:
     """Loads each model spec once, on first use (a fully cached rerun loads nothing)."""
 
-    def __init__(self, dtype: str = "float32", seed: int = 0) -> None:
+    def __init__(self, dtype: str = "float32", seed: int = 0, device: str = "auto") -> None:
+        from fspo.models.registry import resolve_device
+
+        resolve_device(device)  # a missing GPU is a one-line error now, not after the first stage
         self.dtype = dtype
         self.seed = seed
+        self.device = device
         self._models: dict[str, tuple] = {}
         self._tokenizers: dict[str, object] = {}
 
@@ -103,7 +107,7 @@ class ModelPool:
         if spec not in self._models:
             from fspo.models.registry import load_model
 
-            model, tok = load_model(spec, self.dtype, seed=self.seed)
+            model, tok = load_model(spec, self.dtype, seed=self.seed, device=self.device)
             model.eval()
             self._models[spec] = (model, tok)
             self._tokenizers[spec] = tok

@@ -337,7 +337,7 @@ def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
     )
     out = Path(cfg.out)
     cache = open_cache(out)
-    pool = ModelPool(seed=cfg.seed)
+    pool = ModelPool(dtype=cfg.dtype, seed=cfg.seed, device=cfg.device)
 
     reward: dict[str, dict] = {}
     if cfg.reward_accuracy:

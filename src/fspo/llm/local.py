@@ -38,10 +38,10 @@ class LocalBackend:
         self.progress = progress
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> LocalBackend:
+    def from_spec(cls, spec: str, device: str = "auto", dtype: str = "float32", **kwargs) -> LocalBackend:
         from fspo.models.registry import load_model
 
-        model, tok = load_model(spec)
+        model, tok = load_model(spec, dtype=dtype, device=device)
         return cls(model, tok, name=kwargs.pop("name", spec), **kwargs)
 
     def render(self, prompt: Prompt) -> str:

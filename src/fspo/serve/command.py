@@ -66,12 +66,13 @@ def admin_keys(args: ServeConfig) -> list[str]:
     return keys
 
 
-def load_engine(info, cache_users: int):
-    """The engine for ``info``, or a one-line error (a folder that is not a model, corrupt weights)."""
+def load_engine(info, cache_users: int, device: str = "auto", dtype: str = "float32"):
+    """The engine for ``info`` on ``device`` in ``dtype``, or a one-line error (a folder that is not a
+    model, corrupt weights, a device this machine lacks)."""
     from fspo.serve.personalize import Engine
 
     try:
-        return Engine.load(info, cache_users=cache_users)
+        return Engine.load(info, cache_users=cache_users, device=device, dtype=dtype)
     except FspoError:
         raise
     except Exception as exc:
@@ -104,7 +105,7 @@ def run_personalize(cli: argparse.Namespace) -> int:
     args = config_from_args(PersonalizeConfig, cli)
     info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
     user, shots = _user_shots(args.prefs, args.user)
-    engine = load_engine(info, cache_users=0)
+    engine = load_engine(info, cache_users=0, device=args.device, dtype=args.dtype)
     params = sampling(args.max_new_tokens, args.temperature, None, args.seed)
     out = engine.generate(user, shots, cli.question, params, use_cache=False)
     if args.show_prompt:
@@ -132,10 +133,10 @@ def run_serve(cli: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
     keys = admin_keys(args)
     info = resolve_model(args.model).with_prompting(args.layout, args.shots).for_serving()
-    engine = load_engine(info, cache_users=args.cache_users)
+    engine = load_engine(info, cache_users=args.cache_users, device=args.device, dtype=args.dtype)
     app = create_app(engine, store, keys, model_name=args.name or args.model)
     print(
-        f"fspo serve: {args.model} ({info.layout}, {info.n_shots} shots) on http://{args.host}:{sock.getsockname()[1]} "
+        f"fspo serve: {args.model} ({info.layout}, {info.n_shots} shots, {engine.device}, {args.dtype}) on http://{args.host}:{sock.getsockname()[1]} "
         f"(OpenAPI: /docs, /openapi.json)",
         file=sys.stderr,
     )

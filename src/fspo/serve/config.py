@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fspo.config import Config, ConfigError, opt
 from fspo.data.prompts import LAYOUTS
+from fspo.models import DEVICE_NAMES, DTYPE_NAMES
 
 MAX_NEW_TOKENS = 8192
 
@@ -21,6 +22,12 @@ class PersonalizeConfig(Config):
     temperature: float = opt(0.0, "0 (or below 1e-5) is greedy", ge=0.0, le=2.0)
     seed: int = opt(0, "sampling seed", ge=0, le=2**63 - 1)
     show_prompt: bool = opt(False, "print the rendered prompt to stderr")
+    device: str = opt(
+        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
+    )
+    dtype: str = opt(
+        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,6 +52,12 @@ class ServeConfig(Config):
     layout: str | None = opt(None, "override the run's prompt layout", choices=LAYOUTS)
     shots: int | None = opt(None, "override the run's number of shots", ge=0)
     name: str | None = opt(None, "model name reported by /v1/models (default: --model)")
+    device: str = opt(
+        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
+    )
+    dtype: str = opt(
+        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +70,12 @@ class StudyServeConfig(Config):
     db: str = opt("", "the study's SQLite file, made by 'fspo study init' (required)")
     host: str = opt("127.0.0.1", "address to listen on")
     port: int = opt(8080, "port (0: any free port, printed at start)", ge=0, le=65535)
+    device: str = opt(
+        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
+    )
+    dtype: str = opt(
+        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -65,7 +65,7 @@ def make_backends(args: SynthConfig) -> tuple[list, object | None]:
 
     def local(m: str) -> LocalBackend:
         if m not in loaded:
-            loaded[m] = LocalBackend.from_spec(m, batch_size=args.batch_size)
+            loaded[m] = LocalBackend.from_spec(m, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         return loaded[m]
 
     return [local(m) for m in (models or ["smollm2"])], (local(args.judge_model) if args.judge_model else None)

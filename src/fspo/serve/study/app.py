@@ -59,16 +59,17 @@ class CompareAnswer(BaseModel):
     choice: Literal["left", "right", "tie"]
 
 
-def load_engines(config: StudyConfig):
-    """The personalized and baseline engines for ``config``, or a one-line error."""
+def load_engines(config: StudyConfig, device: str = "auto", dtype: str = "float32"):
+    """The personalized and baseline engines for ``config`` on ``device``, or a one-line error."""
     from fspo.data.prompts import ZEROSHOT
     from fspo.data.runs import resolve_model
     from fspo.serve.command import load_engine
 
-    engine = load_engine(resolve_model(config.model).for_serving(), cache_users=32)
+    engine = load_engine(resolve_model(config.model).for_serving(), cache_users=32, device=device, dtype=dtype)
     base = config.baseline_model
     if base and base != config.model:
-        return engine, load_engine(resolve_model(base).with_prompting(ZEROSHOT.name), cache_users=0)
+        baseline = resolve_model(base).with_prompting(ZEROSHOT.name)
+        return engine, load_engine(baseline, cache_users=0, device=device, dtype=dtype)
     return engine, engine
 
 
@@ -113,9 +114,19 @@ class AnswerGenerator:
     and the next poll after a backoff retries. Backoff is in memory, so a restart retries at once.
     """
 
-    def __init__(self, store: StudyStore, config: StudyConfig, engine=None, baseline_engine=None) -> None:
+    def __init__(
+        self,
+        store: StudyStore,
+        config: StudyConfig,
+        engine=None,
+        baseline_engine=None,
+        device: str = "auto",
+        dtype: str = "float32",
+    ) -> None:
         self.store = store
         self.config = config
+        self.device = device
+        self.dtype = dtype
         self._engine = engine
         self._baseline = baseline_engine
         self._budgets: dict[int, int] | None = None
@@ -130,7 +141,7 @@ class AnswerGenerator:
         """Load the models on first need (a study with only pre-generated answers never loads one)."""
         with self._load_lock:
             if self._engine is None:
-                self._engine, self._baseline = load_engines(self.config)
+                self._engine, self._baseline = load_engines(self.config, self.device, self.dtype)
             return self._engine, self._baseline or self._engine
 
     def budget(self, item: int) -> int:
@@ -222,10 +233,12 @@ def _error(status: int, message: str) -> ErrorJSONResponse:
     return ErrorJSONResponse({"error": message}, status_code=status)
 
 
-def create_app(store: StudyStore, engine=None, baseline_engine=None) -> FastAPI:
+def create_app(
+    store: StudyStore, engine=None, baseline_engine=None, device: str = "auto", dtype: str = "float32"
+) -> FastAPI:
     """The study app for the study stored in ``store`` (see :func:`StudyStore.set_config`)."""
     config = store.config()
-    generator = AnswerGenerator(store, config, engine, baseline_engine)
+    generator = AnswerGenerator(store, config, engine, baseline_engine, device, dtype)
     app = FastAPI(title=f"fspo study: {config.title}", docs_url=None, redoc_url=None)
     app.state.generator = generator
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -105,11 +105,11 @@ def run_serve(cli: argparse.Namespace) -> int:
     with lock_file(args.db):  # one server per study database, held from before the models load
         sock = listen(args.host, args.port)  # before the model loads: a taken port fails fast
         config = store.config()
-        engine, baseline = load_engines(config) if config.needs_model() else (None, None)
+        engine, baseline = load_engines(config, args.device, args.dtype) if config.needs_model() else (None, None)
         if engine is not None:  # a study already running is not refused: the long question gets fewer tokens
             for problem in check_fit(config, answer_budgets(config, engine, baseline), serving=True):
                 print(f"fspo study: warning: {problem}", file=sys.stderr)
-        app = create_app(store, engine, baseline)
+        app = create_app(store, engine, baseline, device=args.device, dtype=args.dtype)
         waiting = app.state.generator.resume()
         note = f"; generating answers for {waiting} waiting participants" if waiting else ""
         port = sock.getsockname()[1]
