@@ -283,7 +283,7 @@ def test_unloadable_models_and_damaged_checkpoints_are_one_line_errors(dataset, 
         train(cfg)
     restore()
     newest = tmp_path / "run" / "checkpoints" / "step-000002"
-    (newest / "optimizer.pt").write_bytes(b"not a pickle")
+    (newest / "optimizer.bin").write_bytes(b"not a pickle")
     with pytest.raises(
         FspoError, match=r"step-000002: cannot resume: .*; delete .*step-000002 to resume from an older"
     ):

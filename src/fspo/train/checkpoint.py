@@ -1,8 +1,12 @@
 """Checkpoints in Hugging Face format, written atomically, found again after a kill -9.
 
 A checkpoint folder ``step-000040/`` holds the model (``save_pretrained``; adapters only for
-LoRA), ``optimizer.pt``, ``scheduler.pt`` and ``trainer_state.json``. It is written under a
-temporary name and renamed when complete, so a folder named ``step-*`` is always whole.
+LoRA), accelerate's training state (``optimizer.bin``, ``scheduler.bin`` and one
+``random_states_<rank>.pkl`` per process, from ``Accelerator.save_state``; under FSDP also
+accelerate's own copy of the model) and ``trainer_state.json``. It is written under a temporary
+name and renamed when complete, so a folder named ``step-*`` is always whole. Under
+``accelerate launch`` every process writes its part into the same temporary folder
+(:func:`shared_atomic_dir`) and the main process renames it once all have finished.
 
 Also what a run folder holds (:data:`RUN_ENTRIES`), so that ``--overwrite`` deletes a previous
 run's files and nothing else.
@@ -14,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from fspo.data.io import atomic_dir
@@ -34,6 +39,28 @@ RUN_ENTRIES = (
     *STAGES,
     *(f"fspo-{stage}" for stage in STAGES),  # tensorboard logs
 )
+
+
+def shared_atomic_dir(accelerator, final: Path, write: Callable[[Path], None]) -> Path:
+    """:func:`atomic_dir` for every process of an ``accelerate launch``: the main process creates
+    the temporary folder and sends its name to the others, every process calls ``write(tmp)``
+    (collectives such as gathering an FSDP state dict need them all), and the main process renames
+    the folder once all have returned. In one process this is :func:`atomic_dir`."""
+    if accelerator.num_processes == 1:
+        return atomic_dir(final, write)
+    from accelerate.utils import broadcast_object_list
+
+    def together(tmp: Path | None) -> None:
+        tmp = Path(broadcast_object_list([str(tmp) if tmp is not None else None])[0])
+        write(tmp)
+        accelerator.wait_for_everyone()  # every process's files are in tmp before it is renamed
+
+    if accelerator.is_main_process:
+        atomic_dir(final, together)
+    else:
+        together(None)
+    accelerator.wait_for_everyone()  # no process goes on before the folder has its final name
+    return final
 
 
 def checkpoint_dirs(stage_dir: Path) -> list[Path]:

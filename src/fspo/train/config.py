@@ -62,7 +62,12 @@ class OptimConfig(Config):
         "constant", "after warm-up: constant (reference) | cosine | linear", choices=["constant", "cosine", "linear"]
     )
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)", ge=0.0)
-    batch_size: int = opt(2, "episodes (pairs) per micro-batch", ge=1)
+    batch_size: int = opt(
+        2,
+        "episodes (pairs) per micro-batch on each process (TRL's per-device batch size): an optimizer step takes "
+        "batch_size x processes x grad_accum pairs",
+        ge=1,
+    )
     grad_accum: int = opt(1, "micro-batches per optimizer step", ge=1)
     steps: int = opt(20, "optimizer steps of the preference stage (or of the only stage)", ge=1)
     sft_steps: int | None = opt(None, "optimizer steps of the SFT stage in a two-stage recipe (default: steps)", ge=1)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import atomic_dir, lock_output, write_jsonl, write_text_atomic
+from fspo.data.io import lock_output, write_jsonl, write_text_atomic
 from fspo.data.runs import FINAL_DIR, PRESETS, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
 from fspo.errors import FspoError
@@ -80,10 +80,19 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
-def batch_indices(n_items: int, step: int, micro: int, cfg: TrainConfig, seed: int) -> list[int]:
-    """Deterministic data order: epoch-wise seeded permutations, so step s always sees the same pairs."""
+def batch_indices(
+    n_items: int, step: int, micro: int, cfg: TrainConfig, seed: int, rank: int = 0, world: int = 1
+) -> list[int]:
+    """The pairs process ``rank`` of ``world`` trains on in micro-batch ``micro`` of optimizer step ``step``.
+
+    ``optim.batch_size`` is the per-process micro-batch (TRL's convention), so one optimizer step
+    takes batch_size x world x grad_accum pairs. They are consecutive positions of one deterministic
+    data order (epoch-wise seeded permutations): step s always sees the same pairs, no pair is
+    used twice within a step (while the step's pairs fit in an epoch), and micro-batch m of a run on
+    ``world`` processes covers exactly micro-batch m of one process with ``batch_size x world``.
+    With one process this is the order fspo always used."""
     bs = cfg.optim.batch_size
-    start = (step * cfg.optim.grad_accum + micro) * bs
+    start = ((step * cfg.optim.grad_accum + micro) * world + rank) * bs
     out = []
     for pos in range(start, start + bs):
         epoch, offset = divmod(pos, n_items)
@@ -128,7 +137,9 @@ def reference_logps(policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, dev
     with torch.no_grad():
         if ref_model is not None:
             return pair_logps(ref_model, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
-        with policy.disable_adapter():
+        from accelerate.utils import extract_model_from_parallel
+
+        with extract_model_from_parallel(policy).disable_adapter():  # the PeftModel inside a DDP wrapper
             return pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
 
 
@@ -199,36 +210,46 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
 def save_checkpoint(
     accelerator, policy, tokenizer, optimizer, scheduler, stage_dir: Path, step: int, cfg: TrainConfig
 ) -> None:
-    if not accelerator.is_main_process:
-        return
+    """Called by every process: gathering an FSDP model and ``accelerator.save_state`` (the optimizer
+    and scheduler prepared with it, and each process's RNG state) need them all. The main process
+    writes the model and the step; the folder appears under its final name only when all are done.
+    ``optimizer`` and ``scheduler`` are the ones ``accelerator.prepare`` returned (saved through it)."""
+    main = accelerator.is_main_process
 
     def write(tmp: Path) -> None:
-        accelerator.unwrap_model(policy).save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
-        tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
+        state_dict = accelerator.get_state_dict(policy)  # a collective under FSDP
+        if main:
+            accelerator.unwrap_model(policy).save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+        accelerator.save_state(str(tmp))  # the model is left out by the pre-hook set in run_stage (not FSDP's)
+        if main:
+            state = {"step": step, "num_processes": accelerator.num_processes}
+            (tmp / ckpt.STATE_FILE).write_text(json.dumps(state))
 
-    atomic_dir(stage_dir / "checkpoints" / f"step-{step:06d}", write)
-    ckpt.prune(stage_dir, cfg.keep_checkpoints)
+    ckpt.shared_atomic_dir(accelerator, stage_dir / "checkpoints" / f"step-{step:06d}", write)
+    if main:
+        ckpt.prune(stage_dir, cfg.keep_checkpoints)
 
 
 def save_final(accelerator, policy, tokenizer, final_dir: Path, cfg: TrainConfig) -> None:
-    """The stage's result as a plain HF model folder (LoRA merged) that ``from_pretrained`` loads."""
-    if not accelerator.is_main_process:
-        return
-    model = accelerator.unwrap_model(policy)
+    """The stage's result as a plain HF model folder (LoRA merged) that ``from_pretrained`` loads.
+    Called by every process (gathering an FSDP model needs them all); the main process writes."""
+    model, main = accelerator.unwrap_model(policy), accelerator.is_main_process
 
     def write(tmp: Path) -> None:
         if cfg.model.lora:
-            model.save_pretrained(tmp / "adapter")
-            merged = model.merge_and_unload()
-            merged.save_pretrained(tmp)
+            if main:
+                model.save_pretrained(tmp / "adapter")
+                merged = model.merge_and_unload()
+                merged.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp, state_dict=accelerator.get_state_dict(policy))
-        tokenizer.save_pretrained(tmp)
+            state_dict = accelerator.get_state_dict(policy)  # a collective under FSDP
+            if main:
+                model.save_pretrained(tmp, state_dict=state_dict)
+        if main:
+            tokenizer.save_pretrained(tmp)
 
-    atomic_dir(final_dir, write)
+    ckpt.shared_atomic_dir(accelerator, final_dir, write)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -309,11 +330,26 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
         log_with=log_with,
         project_dir=str(stage_dir),
         mixed_precision="no",
+        # One scheduler step per optimizer step. By default accelerate steps it once per process
+        # (its dataloaders scale the step count), which would run the warm-up and decay too fast.
+        step_scheduler_with_optimizer=False,
     )
+    # Checkpoints hold the model as a Hugging Face folder (save_pretrained, loaded by load_policy):
+    # accelerate's save_state/load_state keep the optimizer, scheduler and RNG states and skip the
+    # model. (Under FSDP accelerate saves and loads its own copy of the model regardless.)
+    accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
     set_seed(cfg.seed)
     resume = ckpt.latest_checkpoint(stage_dir)
-    start_step = ckpt.read_state(resume)["step"] if resume else 0
+    state = ckpt.read_state(resume) if resume else {"step": 0}
+    start_step = state["step"]
     damaged = f"delete {resume} to resume from an older checkpoint, or use --overwrite"
+    if resume and state.get("num_processes", 1) != accelerator.num_processes:
+        raise FspoError(
+            f"{resume}: written by {state.get('num_processes', 1)} process(es), resumed with "
+            f"{accelerator.num_processes}: the data order and the saved RNG states depend on it; "
+            f"resume with {state.get('num_processes', 1)}, or use --overwrite"
+        )
     with loading(f"{resume}: cannot resume", damaged) if resume else loading(f"{init_spec}: cannot load the model"):
         policy, tok = load_policy(init_spec, cfg, resume)
     ref_model = None
@@ -330,8 +366,11 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     metrics_path = stage_dir / "metrics.jsonl"
     if resume:
         with loading(f"{resume}: cannot resume", damaged):
-            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
-            scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
+            if (resume / "optimizer.pt").exists():  # a checkpoint from an fspo before accelerate's state
+                optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True))
+                scheduler.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=True))
+            else:
+                accelerator.load_state(str(resume))  # optimizer, scheduler, this process's RNG state
         accelerator.print(f"[{stage}] resuming from {resume} (step {start_step}/{steps})")
     if accelerator.is_main_process:
         # Rows past the checkpoint are logged again; without a checkpoint every row is.
@@ -342,6 +381,20 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
     policy.train()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     world, rank = accelerator.num_processes, accelerator.process_index
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        and accelerator.distributed_type.value != "FSDP"
+    ):
+        accelerator.print(
+            f"[{stage}] note: FSDP was asked for, but accelerate runs {accelerator.distributed_type.value} "
+            "(it shards only on GPUs and other accelerators): every process holds the whole model"
+        )
+    if world > 1:
+        accelerator.print(
+            f"[{stage}] {world} processes ({accelerator.distributed_type.value}, {accelerator.state.backend}): "
+            f"{cfg.optim.batch_size} x {world} x {cfg.optim.grad_accum} = "
+            f"{cfg.optim.batch_size * world * cfg.optim.grad_accum} pairs per optimizer step"
+        )
     bar = tqdm(
         total=steps,
         initial=start_step,
@@ -362,8 +415,8 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             t0 = time.perf_counter()
             tokens, agg = 0, {}
             for micro in range(cfg.optim.grad_accum):
-                idx = batch_indices(len(data.train), step, micro, cfg, cfg.seed)
-                mine = [data.train[i] for i in idx[rank::world]] or [data.train[idx[0]]]
+                # batch_size pairs of this process's own (the step takes batch_size x world x grad_accum)
+                mine = [data.train[i] for i in batch_indices(len(data.train), step, micro, cfg, cfg.seed, rank, world)]
                 last = micro == cfg.optim.grad_accum - 1
                 with nullcontext() if last else accelerator.no_sync(policy):
                     loss, m, n_tok = stage_loss(stage, policy, ref_model, mine, cfg, pad_id, accelerator.device)
@@ -371,6 +424,11 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
                 tokens += n_tok
                 for k, v in m.items():
                     agg[k] = agg.get(k, 0.0) + v / cfg.optim.grad_accum
+            if world > 1:  # the logged metrics are means over every process's pairs, tokens their sum
+                keys = sorted(agg)
+                local = torch.tensor([agg[k] for k in keys] + [tokens], dtype=torch.float64, device=accelerator.device)
+                total = accelerator.reduce(local, "sum").tolist()
+                agg, tokens = {k: v / world for k, v in zip(keys, total)}, int(total[-1])
             grad_norm = None
             if cfg.optim.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm))
@@ -385,7 +443,7 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
                 **agg,
                 "lr": step_lr,
                 "grad_norm": grad_norm,
-                "tokens_per_s": tokens * world / seconds,
+                "tokens_per_s": tokens / seconds,
                 "step_seconds": seconds,
             }
             done = step + 1
@@ -539,7 +597,8 @@ def train(cfg: TrainConfig, command: str | None = None) -> Path:
                 except OSError:
                     break
         raise
-    print(f"model: {out / 'final'}")
+    if main:
+        print(f"model: {out / 'final'}")
     return out
 
 
@@ -552,7 +611,7 @@ def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None
         data = prepare_training_data(cfg.data, tok, cfg.seed)
         fp = Fingerprint.of(cfg, data.digest)
         plan = check_run_folder(out, fp, cfg)
-        for line in data.lines():
+        for line in data.lines() if main else []:
             print(line)
         _wait_for_everyone()  # every process has looked at the folder before the main one changes it
         if main:
