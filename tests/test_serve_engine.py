@@ -85,3 +85,22 @@ def test_rat_layout_returns_description(engine: Engine, monkeypatch) -> None:
     monkeypatch.setattr(rat, "_decode", lambda *a, **k: engine.tokenizer("\nOnly a description.")["input_ids"])
     out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=40))
     assert (out.description, out.answer) == ("Only a description.", "")  # no answer block: no answer
+
+
+def test_stream_equals_generate_and_stops_when_the_reader_leaves(engine: Engine) -> None:
+    import time
+
+    s = shots("u5", 3)
+    params = GenerationParams(max_new_tokens=16, temperature=1.0, seed=2)
+    plain = engine.generate("u5", s, "Any film?", params)
+    items = list(engine.stream("u5", s, "Any film?", params))
+    assert "".join(items[:-1]) == plain.answer == items[-1].answer
+    assert items[-1].cached_tokens > 0 and items[-1].completion_tokens == plain.completion_tokens
+    # A reader that leaves after the first piece frees the model long before 800 tokens are decoded.
+    stream = engine.stream("u5", s, "Any film?", GenerationParams(max_new_tokens=800))
+    next(stream)
+    start = time.perf_counter()
+    stream.close()
+    assert engine._lock.acquire(timeout=30)
+    engine._lock.release()
+    assert time.perf_counter() - start < 3.0
