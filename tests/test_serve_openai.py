@@ -153,3 +153,15 @@ def test_auth_and_isolation_hold_for_streams_and_completions(live) -> None:
     body = {"question": "Recommend a film for tonight.", "max_new_tokens": 4, "return_prompt": True}
     prompt = httpx.post(f"{base}/v1/users/alice/generate", json=body, headers=auth(key)).json()["prompt"]
     assert "a0" in prompt and "b0" not in prompt
+
+
+def test_a_client_that_leaves_a_stream_frees_the_model(live) -> None:
+    base, _, key = live
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 800, "stream": True}  # ~1 min of decoding here
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=auth(key)) as r:
+        for i, _line in enumerate(r.iter_lines()):
+            if i > 4:
+                break
+    start = time.perf_counter()
+    out = client(base, key).chat.completions.create(model="tiny", messages=ASK, max_tokens=2, timeout=120)
+    assert out.usage.completion_tokens <= 2 and time.perf_counter() - start < 20
