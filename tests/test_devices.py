@@ -10,7 +10,7 @@ import torch
 
 import fspo.models.registry as registry
 from fspo.cli import main
-from fspo.config import from_dict
+from fspo.config import from_dict, shipped_path
 from fspo.errors import FspoError
 from fspo.eval.config import EvalConfig
 from fspo.models.registry import load_model, resolve_device
@@ -164,3 +164,24 @@ def test_device_cuda_without_cuda_is_one_line_exit_2(command, tmp_path, capsys) 
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith(f"fspo {command}: error:") and "--device cuda: CUDA is not available" in err
+
+
+@NO_CUDA
+def test_study_init_and_serve_device_cuda_without_cuda(tmp_path, capsys) -> None:
+    import yaml
+
+    config = yaml.safe_load(shipped_path("examples/study.yaml").read_text()) | {
+        "model": "tiny",
+        "baseline_model": "tiny",
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    db = str(tmp_path / "s.sqlite")
+    assert main(["study", "init", "--config", str(path), "--db", db, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device cuda: CUDA is not available" in err, err
+    assert main(["study", "init", "--config", str(path), "--db", db, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["study", "serve", "--db", db, "--port", "0", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device cuda: CUDA is not available" in err, err

@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--db", required=True, help="SQLite file for this study")
     i.add_argument("--participants", type=int, default=1, help="how many invites to create")
     i.add_argument("--base-url", default="http://127.0.0.1:8080", help="printed invite links start with this")
+    from fspo.models import DEVICE_NAMES, DTYPE_NAMES
+
+    i.add_argument(
+        "--device", default="auto", choices=DEVICE_NAMES, help="where the model loads for the fit check (default: auto)"
+    )
+    i.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype (default: float32)")
     i.set_defaults(func=run_init)
 
     from fspo.config import add_config_arguments
@@ -77,7 +83,8 @@ def run_init(args: argparse.Namespace) -> int:
     if config is not None and config.needs_model():  # the model loads and every question fits
         from fspo.serve.study.app import answer_budgets, check_fit, load_engines
 
-        problems = check_fit(config, answer_budgets(config, *load_engines(config)))
+        engines = load_engines(config, args.device, args.dtype)
+        problems = check_fit(config, answer_budgets(config, *engines))
         if problems:
             raise FspoError(problems[0])
     store = StudyStore(args.db)
