@@ -82,12 +82,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp: Path, out: Path, processes: int, batch_size: int, check: bool = True, **env_extra):
+def _run(tmp: Path, out: Path, processes: int, batch_size: int, *extra: str, check: bool = True, **env_extra):
     wrapper = tmp / "fspo_wrapper.py"
     wrapper.write_text(WRAPPER)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", FSPO_TEST_PAIRS=str(out) + ".pairs", **env_extra)
     args = ["train", *COMMON, "--data", str(tmp / "data"), "--optim.batch_size", str(batch_size), "--out", str(out)]
+    args += extra  # later flags win
     if processes == 1:
         cmd = [sys.executable, str(wrapper), *args]
     else:
@@ -185,3 +186,21 @@ def test_kill_9_of_a_process_then_resume_gives_the_uninterrupted_weights(runs):
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # nothing lost, nothing logged twice
     assert not (out / "checkpoints").exists()
+
+
+def test_two_process_lora_two_stage_run_equals_one_process(tmp_path):
+    """LoRA's reference is the policy with its adapters disabled, reached through the DDP wrapper;
+    SFT then IPO, each stage on two processes."""
+    from conftest import write_dataset
+
+    tmp = tmp_path
+    write_dataset(tmp / "data")
+    lora = ["--loss", "sft+ipo", "--steps", "3", "--model.lora", "true", "--lr", "1e-3"]
+    two = _run(tmp, tmp / "lora-two", 2, 1, *lora)
+    assert "[sft] 2 processes" in two.stdout and "[ipo] 2 processes" in two.stdout
+    _run(tmp, tmp / "lora-one", 1, 2, *lora)
+    for name in ("sft/final/model.safetensors", "final/model.safetensors", "final/adapter/adapter_model.safetensors"):
+        a, b = load_file(tmp / "lora-two" / name), load_file(tmp / "lora-one" / name)
+        assert _max_diff(a, b) < 1e-5, name
+    adapters = load_file(tmp / "lora-two" / "final/adapter/adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and adapters[k].abs().max() > 5e-4 for k in adapters)  # they learned
