@@ -146,9 +146,8 @@ def test_auth_and_isolation_hold_for_streams_and_completions(live) -> None:
         user.completions.create(model="tiny", prompt="x", user="bob", stream=True)
     with pytest.raises(openai.AuthenticationError):
         list(client(base, "nope").chat.completions.create(model="tiny", messages=ASK, stream=True))
-    body = {"model": "tiny", "prompt": "Any film?", "max_tokens": 4, "stream": True}
-    with httpx.stream("POST", f"{base}/v1/completions", json=body, headers=auth()) as r:  # admin names no user
-        assert r.status_code == 400
+    with pytest.raises(openai.BadRequestError, match="set 'user'"):
+        client(base, ADMIN).chat.completions.create(model="tiny", messages=ASK, stream=True)  # admin, no user
     # a per-user key's answers are conditioned on its own user's pairs only
     body = {"question": "Recommend a film for tonight.", "max_new_tokens": 4, "return_prompt": True}
     prompt = httpx.post(f"{base}/v1/users/alice/generate", json=body, headers=auth(key)).json()["prompt"]
@@ -165,3 +164,37 @@ def test_a_client_that_leaves_a_stream_frees_the_model(live) -> None:
     start = time.perf_counter()
     out = client(base, key).chat.completions.create(model="tiny", messages=ASK, max_tokens=2, timeout=120)
     assert out.usage.completion_tokens <= 2 and time.perf_counter() - start < 20
+
+
+def test_raw_completions_for_clients_that_render_prompts(live) -> None:
+    """An admin key without ``user``: the prompt is continued as given (how fspo eval or any client that
+    renders FSPO prompts itself uses fspo serve, like a vLLM server)."""
+    from fspo.data.prompts import parse_generation
+    from fspo.serve.personalize import STOP_STRINGS
+
+    base, admin, key = live
+    body = {"question": "Recommend a film for tonight.", "max_new_tokens": 12, "return_prompt": True}
+    personal = httpx.post(f"{base}/v1/users/alice/generate", json=body, headers=auth(key)).json()
+    raw = admin.completions.create(model="tiny", prompt=personal["prompt"], max_tokens=12, stop=list(STOP_STRINGS))
+    assert "fspo" not in raw.model_extra and raw.usage.prompt_tokens == personal["prompt_tokens"]
+    assert parse_generation(raw.choices[0].text, "fspo")[0] == personal["answer"]  # same answer as in-process
+    prompts = ["Once upon a time", "The film was"]
+    many = admin.completions.create(model="tiny", prompt=prompts, n=2, max_tokens=6, temperature=1.0, seed=4)
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    streamed = {}
+    for chunk in admin.completions.create(
+        model="tiny", prompt=prompts, n=2, max_tokens=6, temperature=1.0, seed=4, stream=True
+    ):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert [streamed[i] for i in range(4)] == [c.text for c in many.choices]
+    stop = many.choices[0].text[2:4]
+    if stop:
+        cut = admin.completions.create(
+            model="tiny", prompt=prompts[0], max_tokens=6, temperature=1.0, seed=4, stop=stop
+        )
+        assert cut.choices[0].text == many.choices[0].text[: many.choices[0].text.index(stop)]
+    with pytest.raises(openai.BadRequestError, match="max_length"):
+        admin.completions.create(model="tiny", prompt="word " * 2000, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="stop"):
+        admin.completions.create(model="tiny", prompt="x", stop=["a", "b", "c", "d", "e"])

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
@@ -63,6 +64,7 @@ UserId = Annotated[
 TEMPERATURE_DOC = f"0 to 2; 0 (or below {MIN_TEMPERATURE}) is greedy; default 0 (OpenAI's is 1)"
 MAX_CHOICES = 8  # ``n``: choices per OpenAI request, generated one after another
 DEFAULT_MAX_TOKENS = 128
+MAX_RAW_PROMPTS = 64  # prompts in one raw completions request
 
 
 class Pair(BaseModel):
@@ -156,6 +158,7 @@ class CompletionRequest(BaseModel):
     n: int | None = Field(None, description=f"choices, 1-{MAX_CHOICES} (seed + i each)")
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = None
@@ -210,19 +213,20 @@ def _choices(n: int | None) -> int:
     return n
 
 
-def _usage(outs: list[Personalized]) -> dict:
-    """OpenAI's usage: the prompt once, every choice's completion, and the prompt tokens whose KV came
-    from the user's prefix cache when the request arrived (the first choice's)."""
-    prompt, completion = outs[0].prompt_tokens, sum(o.completion_tokens for o in outs)
+def _usage(outs: list[Personalized], per_prompt: int) -> dict:
+    """OpenAI's usage: each prompt once (``per_prompt`` choices share one), every choice's completion,
+    and the prompt tokens whose KV came from the user's prefix cache when the request arrived."""
+    firsts = outs[::per_prompt]
+    prompt, completion = sum(o.prompt_tokens for o in firsts), sum(o.completion_tokens for o in outs)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": outs[0].cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": sum(o.cached_tokens for o in firsts)},
     }
 
 
-def _fspo_info(user_id: str, outs: list[Personalized]) -> dict:
+def _fspo_info(user_id: str | None, outs: list[Personalized]) -> dict:
     return {
         "user": user_id,
         "description": outs[0].description,
@@ -240,23 +244,29 @@ def _sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+# One choice of an OpenAI request: (generate it, stream it).
+Job = tuple[Callable[[], Personalized], Callable[[], Iterator]]
+# (choice index, text piece or None, finish_reason or None, opening chunk?) -> one choice of a chunk.
+ChoiceChunk = Callable[[int, str | None, str | None, bool], dict | None]
+
+
 def _event_stream(
-    start: Iterator,
-    more: Callable[[int], Iterator],
-    n: int,
+    jobs: list[Job],
+    first: Iterator,
     max_new: int,
     header: dict,
-    choice: Callable[[int, str | None, str | None, bool], dict | None],
+    choice: ChoiceChunk,
     include_usage: bool,
-    user_id: str,
+    info: Callable[[list[Personalized]], dict | None],
+    per_prompt: int,
 ) -> Iterator[bytes]:
-    """Server-sent events for ``n`` choices generated one after another (``start`` is the first
-    choice's stream, already rendered; ``more(i)`` opens choice ``i``), then ``data: [DONE]``."""
+    """Server-sent events for the choices generated one after another (``first`` is the first job's
+    stream, opened before the response started so that its errors were a 400), then ``data: [DONE]``."""
     outs: list[Personalized] = []
     extra = {"usage": None} if include_usage else {}
     try:
-        for i in range(n):
-            stream = start if i == 0 else more(i)
+        for i, (_, open_stream) in enumerate(jobs):
+            stream = first if i == 0 else open_stream()
             opening = choice(i, "", None, True)  # chat's role chunk; completions have none
             if opening is not None:
                 yield _sse(header | {"choices": [opening]} | extra)
@@ -266,14 +276,32 @@ def _event_stream(
                 else:
                     outs.append(item)
             last = header | {"choices": [choice(i, None, _finish_reason(outs[-1], max_new), False)]} | extra
-            if i == n - 1:
-                last["fspo"] = _fspo_info(user_id, outs)
+            if i == len(jobs) - 1 and info(outs) is not None:
+                last["fspo"] = info(outs)
             yield _sse(last)
         if include_usage:
-            yield _sse(header | {"choices": [], "usage": _usage(outs)})
+            yield _sse(header | {"choices": [], "usage": _usage(outs, per_prompt)})
     except FspoError as exc:  # after the 200 went out, an error can only be an event
         yield _sse({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}})
     yield _sse("[DONE]")
+
+
+def chat_chunk(i: int, text: str | None, finish: str | None, first: bool) -> dict:
+    delta = {"role": "assistant", "content": ""} if first else {} if text is None else {"content": text}
+    return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def text_chunk(i: int, text: str | None, finish: str | None, first: bool) -> dict | None:
+    if first:
+        return None  # completions have no opening (role) chunk
+    return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise HTTPException(400, "stop: up to 4 non-empty strings")
+    return tuple(stops)
 
 
 def _streaming(events: Iterator[bytes]) -> StreamingResponse:
@@ -444,17 +472,36 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     def choice_params(params: GenerationParams, i: int) -> GenerationParams:
         return replace(params, seed=(params.seed + i) % 2**31)
 
-    def run_openai(user_id: str, question: str, params: GenerationParams, n: int, stream: bool, **events):
-        """``n`` answers (a list), or for ``stream`` the SSE response; the user's pairs are read once."""
+    def personalized_jobs(user_id: str, question: str, params: GenerationParams, n: int) -> list[Job]:
+        """``n`` choices for ``user_id``; the user's pairs are read once."""
         shots = [p.record() for p in store.list(user_id)]
+
+        def job(i: int) -> Job:
+            p = choice_params(params, i)
+            return (
+                lambda: engine.generate(user_id, shots, question, p),
+                lambda: engine.stream(user_id, shots, question, p),
+            )
+
+        return [job(i) for i in range(n)]
+
+    def raw_jobs(prompts: list[str], params: GenerationParams, n: int) -> list[Job]:
+        """``n`` raw continuations of every prompt (choice ``k * n + i``: prompt ``k``, seed + ``i``)."""
+        for text in prompts:
+            engine.render_raw(text, params.max_new_tokens)  # every prompt fits, or a 400 before any work
+
+        def job(text: str, i: int) -> Job:
+            p = choice_params(params, i)
+            return (lambda: engine.complete(text, p), lambda: engine.stream_complete(text, p))
+
+        return [job(text, i) for text in prompts for i in range(n)]
+
+    def respond(jobs: list[Job], stream: bool, max_new: int, per_prompt: int, info, **events):
+        """The choices' results (a list), or for ``stream`` the server-sent events."""
         if not stream:
-            return [engine.generate(user_id, shots, question, choice_params(params, i)) for i in range(n)]
-        first = engine.stream(user_id, shots, question, choice_params(params, 0))  # a prompt that does not fit: 400
-
-        def more(i: int):
-            return engine.stream(user_id, shots, question, choice_params(params, i))
-
-        return _streaming(_event_stream(first, more, n, params.max_new_tokens, user_id=user_id, **events))
+            return [run() for run, _ in jobs]
+        first = jobs[0][1]()  # opened now: a prompt that does not fit is a 400, not an event
+        return _streaming(_event_stream(jobs, first, max_new, info=info, per_prompt=per_prompt, **events))
 
     def include_usage(options: dict[str, Any] | None) -> bool:
         return bool((options or {}).get("include_usage"))
@@ -470,24 +517,20 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
         max_new = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
         params = sampling(max_new, body.temperature, body.top_p, body.seed)
         cid, created, model = "chatcmpl-" + uuid.uuid4().hex, int(time.time()), body.model or model_name
+        jobs = personalized_jobs(user_id, question, params, n)
+        info = partial(_fspo_info, user_id)
         if body.stream:
-            header = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-
-            def choice(i: int, text: str | None, finish: str | None, first: bool) -> dict:
-                delta = {"role": "assistant", "content": ""} if first else {} if text is None else {"content": text}
-                return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-            return run_openai(
-                user_id,
-                question,
-                params,
-                n,
+            return respond(
+                jobs,
                 True,
-                header=header,
-                choice=choice,
+                max_new,
+                n,
+                info,
+                header={"id": cid, "object": "chat.completion.chunk", "created": created, "model": model},
+                choice=chat_chunk,
                 include_usage=include_usage(body.stream_options),
             )
-        outs = run_openai(user_id, question, params, n, False)
+        outs = respond(jobs, False, max_new, n, info)
         return {
             "id": cid,
             "object": "chat.completion",
@@ -502,16 +545,20 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
                 }
                 for i, out in enumerate(outs)
             ],
-            "usage": _usage(outs),
-            "fspo": _fspo_info(user_id, outs),
+            "usage": _usage(outs, n),
+            "fspo": info(outs),
         }
 
     @app.post("/v1/completions", tags=["openai"])
     def completions(body: CompletionRequest, who: Principal = Depends(principal)):
-        """OpenAI's legacy completions: ``prompt`` is the question (the user's shots are rendered around
-        it, exactly as in chat), ``user`` or a per-user key picks the user. ``stream=true`` answers with
-        server-sent ``text_completion`` events. ``echo``, ``suffix``, ``logprobs`` and ``best_of`` > 1 are 400."""
-        user_id = openai_user(body.user, who)
+        """OpenAI's legacy completions, two ways. With ``user`` (or a per-user key): ``prompt`` is the
+        question and the user's shots are rendered around it, exactly as in chat. With an admin key and
+        no ``user``: raw completion, the model continues each prompt as given (clients that render FSPO
+        prompts themselves, as ``fspo eval`` does, use fspo serve like vLLM). ``stream=true`` answers
+        with server-sent ``text_completion`` events. ``echo``, ``suffix``, ``logprobs`` and
+        ``best_of`` > 1 are 400."""
+        raw = who.admin and body.user is None
+        user_id = None if raw else openai_user(body.user, who)
         n = _choices(body.n)
         for name, unsupported in (
             ("echo", bool(body.echo)),
@@ -522,36 +569,36 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
             if unsupported:
                 raise HTTPException(400, f"{name} is not supported by fspo serve")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise HTTPException(400, "prompt: give one string (one question per request)")
-        question = prompts[0].strip()
-        if not question:
-            raise HTTPException(422, "prompt: must not be empty")
-        if len(question) > 4000:
-            raise HTTPException(422, "prompt: over 4000 characters")
         max_new = body.max_tokens or DEFAULT_MAX_TOKENS
-        params = sampling(max_new, body.temperature, body.top_p, body.seed)
+        stops = _stops(body.stop)
+        params = replace(sampling(max_new, body.temperature, body.top_p, body.seed), stop=stops if raw else ())
+        if raw:
+            if not 1 <= len(prompts) <= MAX_RAW_PROMPTS or any(not p for p in prompts):
+                raise HTTPException(400, f"prompt: 1-{MAX_RAW_PROMPTS} non-empty strings")
+            jobs, info = raw_jobs(prompts, params, n), (lambda outs: None)
+        else:
+            if len(prompts) != 1:
+                raise HTTPException(400, "prompt: give one string (one question per request) when a user is named")
+            question = prompts[0].strip()
+            if not question:
+                raise HTTPException(422, "prompt: must not be empty")
+            if len(question) > 4000:
+                raise HTTPException(422, "prompt: over 4000 characters")
+            jobs, info = personalized_jobs(user_id, question, params, n), partial(_fspo_info, user_id)
         cid, created, model = "cmpl-" + uuid.uuid4().hex, int(time.time()), body.model or model_name
         if body.stream:
-            header = {"id": cid, "object": "text_completion", "created": created, "model": model}
-
-            def choice(i: int, text: str | None, finish: str | None, first: bool) -> dict | None:
-                if first:
-                    return None
-                return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
-
-            return run_openai(
-                user_id,
-                question,
-                params,
-                n,
+            return respond(
+                jobs,
                 True,
-                header=header,
-                choice=choice,
+                max_new,
+                n,
+                info,
+                header={"id": cid, "object": "text_completion", "created": created, "model": model},
+                choice=text_chunk,
                 include_usage=include_usage(body.stream_options),
             )
-        outs = run_openai(user_id, question, params, n, False)
-        return {
+        outs = respond(jobs, False, max_new, n, info)
+        result = {
             "id": cid,
             "object": "text_completion",
             "created": created,
@@ -560,9 +607,11 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
                 {"index": i, "text": out.answer, "logprobs": None, "finish_reason": _finish_reason(out, max_new)}
                 for i, out in enumerate(outs)
             ],
-            "usage": _usage(outs),
-            "fspo": _fspo_info(user_id, outs),
+            "usage": _usage(outs, n),
         }
+        if info(outs) is not None:
+            result["fspo"] = info(outs)
+        return result
 
     return app
 

@@ -29,7 +29,7 @@ from fspo.data.runs import ResolvedModel
 from fspo.data.schema import PreferenceRecord
 from fspo.data.truncation import encode_prompt, fit_generation_prompt
 from fspo.errors import FspoError
-from fspo.llm.base import GenerationParams
+from fspo.llm.base import GenerationParams, apply_stops
 from fspo.llm.local import generate_kwargs
 
 # A generation that starts a new example or task block is finished.
@@ -101,6 +101,26 @@ def _cut_stops(text: str) -> str:
     for stop in STOP_STRINGS:
         text = text.split(stop)[0]
     return text
+
+
+def _personalized(layout: str):
+    """Generated text -> (raw, answer, description) for an FSPO prompt in ``layout``."""
+
+    def extract(text: str) -> tuple[str, str, str | None]:
+        raw = _cut_stops(text)
+        return (raw, *parse_generation(raw, layout))
+
+    return extract
+
+
+def _raw(stops: Sequence[str]):
+    """Generated text -> (raw, answer, None) for a raw completion: the text up to the first stop."""
+
+    def extract(text: str) -> tuple[str, str, None]:
+        answer = apply_stops(text, stops)
+        return answer, answer, None
+
+    return extract
 
 
 def _replace_answer(result: Personalized, answer: str) -> Personalized:
@@ -212,9 +232,13 @@ class Engine:
         return cache
 
     @torch.no_grad()
-    def _decode(self, ids: list[int], params: GenerationParams, cache=None, streamer=None, stop=None) -> list[int]:
+    def _decode(
+        self, ids: list[int], params: GenerationParams, cache=None, streamer=None, stop=None, stops=STOP_STRINGS
+    ) -> list[int]:
         tok = self.tokenizer
-        kwargs = generate_kwargs(params, tok) | {"stop_strings": list(STOP_STRINGS), "tokenizer": tok}
+        kwargs = generate_kwargs(params, tok)
+        if stops:
+            kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
         if cache is not None:
             kwargs[self._cache_kw] = cache
         if streamer is not None:
@@ -238,9 +262,8 @@ class Engine:
                 return (len(entry.ids) if hit else 0), self._decode(rendered.ids, params, work, **stream)
             return 0, self._decode(rendered.ids, params, **stream)
 
-    def _finish(self, rendered: Rendered, layout: str, cached: int, new: list[int], start: float) -> Personalized:
-        raw = _cut_stops(self.tokenizer.decode(new, skip_special_tokens=True))
-        answer, description = parse_generation(raw, layout)
+    def _finish(self, rendered: Rendered, extract, cached: int, new: list[int], start: float) -> Personalized:
+        raw, answer, description = extract(self.tokenizer.decode(new, skip_special_tokens=True))
         return Personalized(
             answer=answer,
             description=description,
@@ -269,7 +292,7 @@ class Engine:
         rendered = self.render(shots, question, params.max_new_tokens, layout)
         start = time.perf_counter()
         cached, new = self._run(user_id, rendered, params, use_cache)
-        return self._finish(rendered, layout, cached, new, start)
+        return self._finish(rendered, _personalized(layout), cached, new, start)
 
     def stream(
         self,
@@ -290,17 +313,53 @@ class Engine:
         params = params or GenerationParams()
         layout = layout or self.info.layout
         rendered = self.render(shots, question, params.max_new_tokens, layout)
-        return self._stream(user_id, rendered, params, use_cache, layout)
+        extract = _personalized(layout)
+        return self._stream(user_id, rendered, params, use_cache, extract, lambda text: extract(text)[1])
 
-    def _stream(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, layout: str):
+    # ---- raw completion (the model as a plain completions engine) -------------------------
+    def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
+        """``text`` as the whole prompt (no shots added), or an error if it does not fit ``max_length``."""
+        ids = self._encode(text)
+        if len(ids) + max_new_tokens > self.info.max_length:
+            raise FspoError(
+                f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
+                f"max_length of {self.info.max_length}"
+            )
+        return Rendered(text, "", ids, 0, 0)
+
+    def complete(self, text: str, params: GenerationParams | None = None) -> Personalized:
+        """Continue ``text`` as given, cut at ``params.stop`` (no user, no shots, no answer parsing): what
+        a vLLM-style completions endpoint returns, for clients that render FSPO prompts themselves."""
+        params = params or GenerationParams()
+        rendered = self.render_raw(text, params.max_new_tokens)
+        start = time.perf_counter()
+        _, new = self._run("", rendered, params, False, stops=params.stop)
+        return self._finish(rendered, _raw(params.stop), 0, new, start)
+
+    def stream_complete(self, text: str, params: GenerationParams | None = None) -> Iterator[str | Personalized]:
+        """:meth:`complete`, streamed like :meth:`stream` (a possible stop string's start is held back)."""
+        params = params or GenerationParams()
+        rendered = self.render_raw(text, params.max_new_tokens)
+        extract = _raw(params.stop)
+
+        def settled(raw: str) -> str:
+            answer = extract(raw)[1]
+            held = max((k for stop in params.stop for k in range(1, len(stop)) if answer.endswith(stop[:k])), default=0)
+            return answer[: len(answer) - held]
+
+        return self._stream("", rendered, params, False, extract, settled, stops=params.stop)
+
+    def _stream(self, user_id, rendered: Rendered, params, use_cache: bool, extract, settled, stops=STOP_STRINGS):
+        """Yield ``settled(text so far)`` as it grows, then the :class:`Personalized` result."""
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
         start = time.perf_counter()
+        tokens = _Tokens(events)
 
         def work() -> None:
             try:
                 events.put(
-                    ("done", self._run(user_id, rendered, params, use_cache, streamer=_Tokens(events), stop=stop))
+                    ("done", self._run(user_id, rendered, params, use_cache, streamer=tokens, stop=stop, stops=stops))
                 )
             except BaseException as exc:  # re-raised in the consumer
                 events.put(("error", exc))
@@ -320,14 +379,14 @@ class Engine:
                 text = self.tokenizer.decode(new, skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
                     continue
-                answer = parse_generation(_cut_stops(text), layout)[0]
+                answer = settled(text)
                 # Only a growing answer is sent; the parse can revise its tail (a line turning out to
                 # be a header, trailing space), which the final delta below settles.
                 if answer.startswith(sent) and len(answer) > len(sent):
                     yield answer[len(sent) :]
                     sent = answer
             cached, new = value
-            result = self._finish(rendered, layout, cached, new, start)
+            result = self._finish(rendered, extract, cached, new, start)
             if result.answer.startswith(sent) and len(result.answer) > len(sent):
                 yield result.answer[len(sent) :]
             elif not result.answer.startswith(sent):  # never seen; keep the streamed text the truth
