@@ -7,7 +7,8 @@ against the key, and every storage call is filtered by that id, so one user's re
 neither read nor change another user's preferences, nor have them enter their prompt.
 
 OpenAI compatibility (docs/serving.md): ``/v1/chat/completions`` and ``/v1/completions`` answer
-with OpenAI's objects, stream as server-sent events (``stream=true``), report the prompt tokens
+with OpenAI's objects (completions without a user: the raw prompt continued, as vLLM does), stream
+as server-sent events (``stream=true``), report the prompt tokens
 served from the user's prefix cache as ``usage.prompt_tokens_details.cached_tokens``, and return
 ``n`` (1-8) choices, each sampled with seed ``seed + i``.
 
@@ -145,8 +146,9 @@ class ChatRequest(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    """OpenAI's legacy completions request: ``prompt`` is the question (fspo renders the user's shots
-    around it, as in chat); ``user`` (or a per-user key) picks whose pairs condition it."""
+    """OpenAI's legacy completions request. With ``user`` (or a per-user key) ``prompt`` is the question
+    (fspo renders the user's shots around it, as in chat); with an admin key and no ``user`` each
+    prompt is continued as given (raw completion)."""
 
     model: str = Field("", max_length=256)
     prompt: str | list[str]
