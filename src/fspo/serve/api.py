@@ -8,9 +8,9 @@ neither read nor change another user's preferences, nor have them enter their pr
 
 OpenAI compatibility (docs/serving.md): ``/v1/chat/completions`` and ``/v1/completions`` answer
 with OpenAI's objects (completions without a user: the raw prompt continued, as vLLM does), stream
-as server-sent events (``stream=true``), report the prompt tokens
-served from the user's prefix cache as ``usage.prompt_tokens_details.cached_tokens``, and return
-``n`` (1-8) choices, each sampled with seed ``seed + i``.
+as server-sent events (``stream=true``), report the prompt tokens served from the user's prefix
+cache as ``usage.prompt_tokens_details.cached_tokens``, and return ``n`` (1-8) choices, each
+sampled with seed ``seed + i``.
 
 Limits (docs/serving.md): the credential is checked before a byte of the body is read, and the body
 is counted on the stream (1 MB), so an unauthenticated or chunked upload cannot grow the process.
