@@ -185,3 +185,25 @@ def test_study_init_and_serve_device_cuda_without_cuda(tmp_path, capsys) -> None
     assert main(["study", "serve", "--db", db, "--port", "0", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--device cuda: CUDA is not available" in err, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_on_cuda_the_engine_streams_and_caches_and_the_backend_generates(dtype) -> None:
+    from fspo.data.runs import resolve_model
+    from fspo.data.schema import PreferenceRecord
+    from fspo.llm.base import GenerationParams
+    from fspo.llm.local import LocalBackend
+    from fspo.serve.personalize import Engine
+
+    engine = Engine.load(resolve_model("tiny"), device="cuda", dtype=dtype)
+    assert engine.device.type == "cuda" and engine.model.dtype == registry.resolve_dtype(dtype)
+    shots = [PreferenceRecord("u", f"Q{i}?", f"yes {i}", f"no {i}") for i in range(3)]
+    params = GenerationParams(max_new_tokens=8, temperature=1.0, seed=1)
+    cold = engine.generate("u", shots, "Why?", params)
+    items = list(engine.stream("u", shots, "Why?", params))
+    assert items[-1].cached_tokens > 0 and "".join(items[:-1]) == items[-1].answer
+    if dtype == "float32":
+        assert items[-1].answer == cold.answer
+    backend = LocalBackend.from_spec("tiny", device="cuda", dtype=dtype, batch_size=2)
+    assert len(backend.generate(["a", "b c", "d"], GenerationParams(max_new_tokens=3))) == 3
