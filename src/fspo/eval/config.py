@@ -8,7 +8,7 @@ from fspo.config import Config, opt
 from fspo.data.runs import REDUCTIONS
 from fspo.eval.methods import METHODS
 from fspo.eval.winrate import BOOTSTRAP_UNITS
-from fspo.models import DEVICE_NAMES, DTYPE_NAMES
+from fspo.models import device_option, dtype_option
 
 JUDGES = ("attribute", "llm")
 
@@ -39,12 +39,8 @@ class EvalConfig(Config):
         None, "tokens per sequence, prompt + answer; oldest shots dropped to fit (default: the trained model's)", ge=16
     )
     batch_size: int = opt(8, "generation batch size", ge=1)
-    device: str = opt(
-        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
-    )
-    dtype: str = opt(
-        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
-    )
+    device: str = device_option()
+    dtype: str = dtype_option()
     n_boot: int = opt(2000, "bootstrap resamples", ge=1)
     ci_level: float = opt(0.95, "confidence level of the intervals", gt=0.0, lt=1.0)
     bootstrap_unit: str = opt("user", "what the bootstrap resamples", choices=BOOTSTRAP_UNITS)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fspo.config import Config, ConfigError, opt
 from fspo.data.prompts import LAYOUTS
-from fspo.models import DEVICE_NAMES, DTYPE_NAMES
+from fspo.models import device_option, dtype_option
 
 MAX_NEW_TOKENS = 8192
 
@@ -22,12 +22,8 @@ class PersonalizeConfig(Config):
     temperature: float = opt(0.0, "0 (or below 1e-5) is greedy", ge=0.0, le=2.0)
     seed: int = opt(0, "sampling seed", ge=0, le=2**63 - 1)
     show_prompt: bool = opt(False, "print the rendered prompt to stderr")
-    device: str = opt(
-        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
-    )
-    dtype: str = opt(
-        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
-    )
+    device: str = device_option()
+    dtype: str = dtype_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,12 +48,8 @@ class ServeConfig(Config):
     layout: str | None = opt(None, "override the run's prompt layout", choices=LAYOUTS)
     shots: int | None = opt(None, "override the run's number of shots", ge=0)
     name: str | None = opt(None, "model name reported by /v1/models (default: --model)")
-    device: str = opt(
-        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
-    )
-    dtype: str = opt(
-        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
-    )
+    device: str = device_option()
+    dtype: str = dtype_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,12 +62,8 @@ class StudyServeConfig(Config):
     db: str = opt("", "the study's SQLite file, made by 'fspo study init' (required)")
     host: str = opt("127.0.0.1", "address to listen on")
     port: int = opt(8080, "port (0: any free port, printed at start)", ge=0, le=65535)
-    device: str = opt(
-        "auto", "where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
-    )
-    dtype: str = opt(
-        "float32", "model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
-    )
+    device: str = device_option()
+    dtype: str = dtype_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()

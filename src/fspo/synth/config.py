@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fspo.config import Config, ConfigError, opt
-from fspo.models import DEVICE_NAMES, DTYPE_NAMES
+from fspo.models import device_option, dtype_option
 
 BACKENDS = ("local", "openai", "scripted", "none")
 
@@ -45,12 +45,8 @@ class SynthConfig(Config):
     concurrency: int = opt(8, "openai: requests in flight", ge=1)
     timeout: float = opt(120.0, "openai: seconds per request", gt=0.0)
     batch_size: int = opt(8, "local: prompts per generation batch", ge=1)
-    device: str = opt(
-        "auto", "local: where the model runs: auto = cuda if available, else mps, else cpu", choices=DEVICE_NAMES
-    )
-    dtype: str = opt(
-        "float32", "local: model dtype; bfloat16/float16 are GPU options (about 10x slower on CPU)", choices=DTYPE_NAMES
-    )
+    device: str = device_option("local: ")
+    dtype: str = dtype_option("local: ")
     responses: str | None = opt(
         None, "override the domain's response source", choices=["templates", "steered", "views"]
     )
