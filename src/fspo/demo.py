@@ -166,7 +166,10 @@ def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> d
     )
     timings["eval_s"] = time.perf_counter() - s
 
-    _banner(4, 4, "report", t0)
+    _banner(4, 4, "report: and out-of-template users (hand-written tastes the templates do not express)", t0)
+    s = time.perf_counter()
+    oot = out_of_template_check(run_dir, model, out, plan.max_new_tokens, seed)
+    timings["out_of_template_s"] = time.perf_counter() - s
     timings["total_s"] = time.perf_counter() - t0
     table = summary_table(result)
     summary = {
@@ -174,11 +177,31 @@ def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> d
         "timings": timings,
         "table": table,
         "synth": {k: synth.get(k) for k in ("counts",) if k in synth},
+        "out_of_template": oot,
     }
     write_demo_report(out, result, summary, run_dir)
     print("\n" + format_table(table))
     print(f"\nTotal {timings['total_s'] / 60:.1f} min. Report: {out / 'report.md'}")
     return summary
+
+
+def out_of_template_check(run_dir: Path, base: str, out: Path, max_new_tokens: int, seed: int) -> dict:
+    """The trained model and the base model on the hand-written out-of-template users' questions."""
+    from fspo.data.prompts import ZEROSHOT
+    from fspo.data.runs import resolve_model
+    from fspo.eval.generate import ModelPool, open_cache
+    from fspo.eval.out_of_template import Row, check
+
+    trained = resolve_model(str(run_dir))
+    rows = [
+        Row("fspo-ipo", trained.spec, trained.layout, trained.chat_template, trained.max_length),
+        Row("base", base, ZEROSHOT.name, False, trained.max_length),
+    ]
+    cache = open_cache(out / "eval")
+    try:
+        return check(rows, ModelPool(seed=seed), cache, max_new_tokens=max_new_tokens)
+    finally:
+        cache.close()
 
 
 def summary_table(result: dict) -> list[dict]:
@@ -271,6 +294,7 @@ def _training_curve(run_dir: Path) -> list[str]:
 
 def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> None:
     from fspo.data.io import write_text_atomic
+    from fspo.eval.out_of_template import report_lines as out_of_template_lines
 
     t = summary["timings"]
     lines = [
@@ -296,6 +320,10 @@ def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> 
         "## Sample answers",
         "",
         *sample_lines(summary["table"]),
+        "## Out-of-template users",
+        "",
+        *(out_of_template_lines(summary["out_of_template"]) if summary.get("out_of_template") else ["(not run)"]),
+        "",
         "## Training",
         "",
         *_training_curve(run_dir),
