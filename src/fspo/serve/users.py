@@ -60,10 +60,6 @@ class UserStore:
     def __init__(self, path: str | Path) -> None:
         self.db = Database(path, SCHEMA)
 
-    def ensure_user(self, user_id: str) -> None:
-        with self.db.write() as con:
-            con.execute("INSERT OR IGNORE INTO users(user_id, created_at) VALUES (?, ?)", (user_id, time.time()))
-
     def exists(self, user_id: str) -> bool:
         return bool(self.db.query("SELECT 1 FROM users WHERE user_id = ?", (user_id,)))
 
