@@ -129,3 +129,13 @@ def test_user_rows_are_checked_like_preferences():
         with pytest.raises(DataError, match=f"^users.jsonl:3: {field}: "):
             parse_user(bad, "users.jsonl", 3)
     assert parse_user({"user_id": "u", "description": None}).description == ""
+
+
+@pytest.mark.parametrize(
+    "given,want", [("eval", "validation"), ("valid", "validation"), ("dev", "validation"), ("validation", "validation")]
+)
+def test_hub_split_names_are_read_as_validation(given, want):
+    from fspo.data.schema import parse_preference
+
+    row = {"user_id": "u", "prompt": "q", "chosen": "a", "rejected": "b", "split": given}
+    assert parse_preference(row).split == want

@@ -19,6 +19,8 @@ from typing import Any
 from fspo.errors import DataError, show
 
 SPLITS = ("train", "test", "validation")
+# Other spellings of a split that datasets on the Hub use, read as fspo's name.
+SPLIT_ALIASES = {"eval": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
 MAX_NESTING = 32  # levels of objects/arrays in meta and attributes (deeper data breaks JSON writers)
 # The fields of any accepted preference row shape; a row with none of them is not a preference.
 PREFERENCE_KEYS = frozenset(
@@ -211,6 +213,8 @@ def _split(obj: dict, path: str, line: int | None) -> str:
     split = obj.get("split", "train")
     if split is None:
         split = "train"
+    if isinstance(split, str):
+        split = SPLIT_ALIASES.get(split, split)
     if not isinstance(split, str) or split not in SPLITS:
         raise DataError(path, line, "split", f"must be one of {', '.join(SPLITS)}, got {show(split)}")
     return split
