@@ -17,7 +17,7 @@ def test_canonical_row():
         ({"user_id": "u", "prompt": "q", "chosen": "", "rejected": "b"}, "chosen"),
         ({"user_id": "u", "prompt": "q", "chosen": 3, "rejected": "b"}, "chosen"),
         ({"user_id": "u", "prompt": "q", "chosen": "a", "rejected": "a"}, "rejected"),
-        ({"user_id": "u", "prompt": "q", "chosen": "a", "rejected": "b", "split": "dev"}, "split"),
+        ({"user_id": "u", "prompt": "q", "chosen": "a", "rejected": "b", "split": "holdout"}, "split"),
         ({"user_id": "u", "prompt": "q", "response_a": "a", "response_b": "b", "label": 7}, "label"),
     ],
 )
@@ -139,3 +139,23 @@ def test_hub_split_names_are_read_as_validation(given, want):
 
     row = {"user_id": "u", "prompt": "q", "chosen": "a", "rejected": "b", "split": given}
     assert parse_preference(row).split == want
+
+
+def test_trl_conversational_rows_are_read():
+    from fspo.data.schema import parse_preference
+
+    row = {
+        "user_id": "u",
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Review Dune."}],
+        "chosen": [{"role": "assistant", "content": "Dune is superb."}],
+        "rejected": [{"role": "assistant", "content": "Dune is dull."}],
+    }
+    rec = parse_preference(row)
+    assert (rec.prompt, rec.chosen, rec.rejected) == ("Review Dune.", "Dune is superb.", "Dune is dull.")
+    for bad in (
+        [],
+        [{"role": "user", "content": 3}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    ):
+        with pytest.raises(DataError, match="prompt"):
+            parse_preference(row | {"prompt": bad})

@@ -232,12 +232,30 @@ def _pairwise_label(obj: dict, path: str, line: int | None) -> bool:
     raise DataError(path, line, "label", f"must be 0/'a' (first response preferred) or 1/'b', got {show(label)}")
 
 
+def _from_messages(obj: dict, field: str, role: str, path: str, line: int | None) -> dict:
+    """TRL's conversational rows: ``prompt`` a list of messages (the last ``user`` turn is the
+    question), ``chosen``/``rejected`` lists holding the ``assistant`` answer. Other shapes pass."""
+    value = obj.get(field)
+    if not isinstance(value, list):
+        return obj
+    turns = [m for m in value if isinstance(m, dict) and m.get("role") == role]
+    if not turns or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
+        raise DataError(path, line, field, f"a list of messages needs at least one {role!r} turn with string content")
+    if role == "user" and any(m.get("role") == "assistant" for m in value):
+        raise DataError(path, line, field, "multi-turn prompts are not supported: give the question as one user turn")
+    return obj | {field: turns[-1]["content"]}
+
+
 def _orient(obj: dict, path: str, line: int | None) -> dict:
     """Convert the accepted row shapes to canonical ``prompt/chosen/rejected/user_id`` fields.
 
-    Accepted: canonical rows; pairwise rows ``response_a/response_b/label``; the FSPO reference
-    datasets' rows (``response_x/response_y/label/scorer_level`` and ``x/yw/yl/level``).
+    Accepted: canonical rows; TRL's conversational rows (lists of messages); pairwise rows
+    ``response_a/response_b/label``; the FSPO reference datasets' rows
+    (``response_x/response_y/label/scorer_level`` and ``x/yw/yl/level``).
     """
+    obj = _from_messages(obj, "prompt", "user", path, line)
+    for side in ("chosen", "rejected"):
+        obj = _from_messages(obj, side, "assistant", path, line)
     if "chosen" in obj or "rejected" in obj:
         return obj
     out = dict(obj)
