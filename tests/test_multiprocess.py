@@ -64,6 +64,17 @@ def logged_stage_loss(stage, policy, ref_model, pairs, *args, **kwargs):
     return stage_loss(stage, policy, ref_model, pairs, *args, **kwargs)
 trainer.stage_loss = logged_stage_loss
 
+import accelerate
+def logged(name):  # which collectives each process takes part in (FSDP gathering needs every one)
+    method = getattr(accelerate.Accelerator, name)
+    def call(self, *args, **kwargs):
+        with open(os.environ["FSPO_TEST_PAIRS"] + ".calls." + os.environ.get("RANK", "0"), "a") as fh:
+            fh.write(name + "\\n")
+        return method(self, *args, **kwargs)
+    setattr(accelerate.Accelerator, name, call)
+logged("get_state_dict")
+logged("save_state")
+
 if os.environ.get("FSPO_TEST_KILL_AFTER_CHECKPOINT"):
     save_checkpoint = trainer.save_checkpoint
     def save_then_die(accelerator, *args, **kwargs):
@@ -146,6 +157,14 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
         assert len(used) == len(set(used)) == 4, f"step {step + 1}: a pair trained twice: {used}"
         for m in micro:  # each micro-batch of the two processes is that of one process with batch 2
             assert per_rank[0][m] + per_rank[1][m] == one[m]
+
+    # Every process gathers the weights for each checkpoint (steps 2 and 4) and for the final model,
+    # and saves its part of accelerate's state (its RNG) for each checkpoint: none returns early.
+    # (save_state calls get_state_dict itself outside FSDP; the pre-hook then drops the weights.)
+    for rank in (0, 1):
+        calls = Path(f"{tmp / 'two'}.pairs.calls.{rank}").read_text().split()
+        checkpoint = ["get_state_dict", "save_state", "get_state_dict"]
+        assert calls == checkpoint * 2 + ["get_state_dict"], (rank, calls)
 
     a, b, half = _weights(tmp / "two"), _weights(tmp / "one"), _weights(tmp / "half")
     assert _max_diff(a, b) < 1e-5
