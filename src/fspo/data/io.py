@@ -181,11 +181,55 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     yield from enumerate(rows, start=1)
 
 
+SHARD_SPLITS = {"train": "train", "test": "test", "validation": "validation", "valid": "validation", "eval": "validation"}
+
+
+def _parquet_shards(path: Path) -> list[Path]:
+    """The Parquet shards of a Hub-style dataset folder (``*.parquet`` or ``data/*.parquet``),
+    when it is not a ``save_to_disk`` folder."""
+    if any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        return []
+    return sorted(path.glob("*.parquet")) or sorted(path.glob("data/*.parquet"))
+
+
+def _iter_shards(shards: list[Path]) -> Iterator[Row]:
+    """Rows of every shard in order, numbered across shards; ``train-00000-of-00002.parquet``
+    gives its rows the split ``train`` unless they carry their own."""
+    n = 0
+    for shard in shards:
+        split = SHARD_SPLITS.get(shard.name.split("-")[0].split(".")[0])
+        for _, row in _iter_parquet(shard):
+            n += 1
+            if split is not None and isinstance(row, dict):
+                row.setdefault("split", split)
+            yield n, row
+
+
+def _iter_csv(path: Path) -> Iterator[Row]:
+    """CSV with a header row (``user_id,prompt,chosen,rejected[,split]``); row n is file line n + 1."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(str(path), None, "<csv>", f"not a readable UTF-8 CSV file: {str(exc)[:200]}") from None
+    for n, row in enumerate(rows, start=2):
+        if None in row:
+            yield n, DataError(str(path), n, "<csv>", "more cells than header columns")
+            continue
+        yield n, {k: v for k, v in row.items() if v not in ("", None)}
+
+
 def _iter_hf_dir(path: Path) -> Iterator[Row]:
     try:
         os.listdir(path)
     except OSError as exc:
         raise DataError(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}") from None
+    shards = _parquet_shards(path)
+    if shards:
+        yield from _iter_shards(shards)
+        return
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a core dependency
@@ -219,6 +263,8 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
         raise DataError(str(path), None, "<file>", "not a regular file")
     elif path.suffix == ".parquet":
         yield from _iter_parquet(path)
+    elif path.suffix == ".csv":
+        yield from _iter_csv(path)
     else:
         yield from _iter_text(path)
 
@@ -279,7 +325,7 @@ def looks_like_users_file(path: str | Path) -> bool:
     attributes. Never decided by a substring of the name: ``my_users_prefs.jsonl`` is preferences.
     """
     p = Path(path)
-    if p.suffix in (".jsonl", ".json", ".parquet") and p.stem in ("users", "prefs"):
+    if p.suffix in DATA_SUFFIXES and p.stem in ("users", "prefs"):
         return p.stem == "users"
     try:
         rows = [obj for _, obj in itertools.islice(iter_rows(p), 100) if isinstance(obj, dict)]
@@ -290,17 +336,29 @@ def looks_like_users_file(path: str | Path) -> bool:
     )
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
 def users_file_for(path: str | Path) -> Path | None:
-    """The ``users.jsonl`` that :func:`load_data` pairs with ``path`` (a folder or a prefs file)."""
+    """The ``users.*`` file that :func:`load_data` pairs with ``path`` (a folder or a prefs file)."""
     path = Path(path)
-    users = path / "users.jsonl" if _is_dir(path) else path.parent / "users.jsonl"
-    return users if users != path and _exists(users) else None
+    folder = path if _is_dir(path) else path.parent
+    for suffix in DATA_SUFFIXES:
+        users = folder / f"users{suffix}"
+        if users != path and _exists(users):
+            return users
+    return None
 
 
 def prefs_file_for(path: str | Path) -> Path:
-    """``path/prefs.jsonl`` for a folder holding one, else ``path`` itself (a file or a datasets folder)."""
+    """``path/prefs.jsonl`` (or ``.json``, ``.parquet``, ``.csv``) for a folder holding one, else
+    ``path`` itself (a file, a datasets folder, or a folder of Parquet shards)."""
     path = Path(path)
-    return path / "prefs.jsonl" if _is_dir(path) and _exists(path / "prefs.jsonl") else path
+    if _is_dir(path):
+        for suffix in DATA_SUFFIXES:
+            if _exists(path / f"prefs{suffix}"):
+                return path / f"prefs{suffix}"
+    return path
 
 
 def check_against_users(
@@ -528,6 +586,36 @@ class PreferenceData:
         return user.split if user else None
 
 
+HUB_PREFIX = "hf://"
+
+
+def load_hub(spec: str) -> PreferenceData:
+    """``hf://owner/name`` through ``datasets.load_dataset`` where a hub is reachable (every split;
+    the split name becomes the rows' ``split``). Offline it is a one-line error, never a hang:
+    set ``HF_HUB_OFFLINE=1`` on machines without network."""
+    name = spec[len(HUB_PREFIX) :].strip("/")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name)
+        parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+        rows = [(split, dict(row)) for split, part in parts for row in part]
+    except Exception as exc:  # noqa: BLE001 - network, auth and format failures all end here
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FspoError(
+            f"{spec}: cannot load from the Hugging Face Hub ({reason}); on a machine without network, "
+            "download the dataset elsewhere and pass its folder"
+        ) from None
+    records = []
+    for n, (split, row) in enumerate(rows, start=1):
+        if split is not None:
+            row.setdefault("split", SHARD_SPLITS.get(split, split))
+        records.append(parse_preference(row, spec, n))
+    if not records:
+        raise DataError(spec, None, "<dataset>", "contains no preferences")
+    return PreferenceData(records, {}, spec)
+
+
 def load_data(path: str | Path, users_path: str | Path | None = None) -> PreferenceData:
     """Load ``prefs.jsonl`` (or any accepted format) and its ``users.jsonl``; raise the first
     :class:`DataError` (``fspo validate`` lists them all, with the same rules).
@@ -535,6 +623,8 @@ def load_data(path: str | Path, users_path: str | Path | None = None) -> Prefere
     ``path`` may be a folder holding ``prefs.jsonl`` (+ ``users.jsonl``), or a preferences file;
     a ``users.jsonl`` next to the file is picked up automatically.
     """
+    if str(path).startswith(HUB_PREFIX):
+        return load_hub(str(path))
     path = shipped_path(path)  # examples/reviews works from any directory
     prefs_path = prefs_file_for(path)
     users_path = users_path if users_path is not None else users_file_for(path)
