@@ -46,8 +46,9 @@ RECIPES: dict[str, tuple[float, float, float, int]] = {
     "nll0.5-b0.5-lr5e-5-s30": (0.5, 5e-5, 0.5, 30),
     "nll1-b0.5-s30": (1.0, 1e-4, 0.5, 30),
     "nll0-b0.5-lr5e-5-s30": (0.0, 5e-5, 0.5, 30),
+    "nll0.5-b0.5-lr5e-5": (0.5, 5e-5, 0.5, 60),
 }
-DEFAULT_RECIPES = ["demo", "nll1", "nll1-b0.5", "nll0.5-b0.5-lr5e-5-s30"]
+DEFAULT_RECIPES = ["demo", "nll1-b0.5-s30", "nll0.5-b0.5-lr5e-5-s30", "nll0.5-b0.5-lr5e-5"]
 
 
 @dataclass
