@@ -84,6 +84,7 @@ def test_reduction_changes_ipo_target_scale():
 
 # ---------------------------------------------------------------- parity with TRL's DPOTrainer
 
+
 @pytest.fixture(scope="module")
 def tiny():
     pytest.importorskip("trl")  # only the parity tests need TRL; the hand-computed ones above always run

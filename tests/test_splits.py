@@ -48,8 +48,13 @@ def test_heldout_question_rows_never_reach_training(tmp_path, tiny):
     (folder / "prefs.jsonl").write_text(
         "".join(
             json.dumps(
-                {"user_id": r.user_id, "prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected,
-                 "split": "test" if r.prompt in held_q else "train"}  # fmt: skip
+                {
+                    "user_id": r.user_id,
+                    "prompt": r.prompt,
+                    "chosen": r.chosen,
+                    "rejected": r.rejected,
+                    "split": "test" if r.prompt in held_q else "train",
+                }  # fmt: skip
             )
             + "\n"
             for r in rows

@@ -181,7 +181,13 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     yield from enumerate(rows, start=1)
 
 
-SHARD_SPLITS = {"train": "train", "test": "test", "validation": "validation", "valid": "validation", "eval": "validation"}
+SHARD_SPLITS = {
+    "train": "train",
+    "test": "test",
+    "validation": "validation",
+    "valid": "validation",
+    "eval": "validation",
+}
 
 
 def _parquet_shards(path: Path) -> list[Path]:
