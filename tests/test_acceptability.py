@@ -376,3 +376,18 @@ def test_demo_table_and_reports_show_the_quality_columns_and_samples():
     assert _quality_cells(quality) == "33.3% | 33.3% | 33.3% | –"
     md = "\n".join(_sample_lines({"methods": {"fspo-ipo": {"quality": quality}}}))
     assert "## Sample answers" in md and "- fspo-ipo [degenerate, off_topic]: The quality of the quality" in md
+
+
+def test_loops_glued_into_one_word_are_degenerate():
+    """Seen in the recipe sweep: loops with no spaces escape the word n-gram rules."""
+    q = "Write a review of the Casa Verde tapas bar."
+    for bad in (
+        "Casa Verde CasaBelaBelaCelinaXelBellaXelXcelXcelXcelXcelXcelXcelXcelXcel",
+        "I gave the Night Owl house nightowl housenightowlnightowlnightowl",
+    ):
+        assert assess(q, bad).degenerate, bad
+    for fine in (
+        "The Casa Verde tapas bar is lovely: hahaha, I laughed all night.",
+        "Casa Verde serves a 10000-calorie feast.",
+    ):
+        assert not assess(q, fine).degenerate or "glued" not in " ".join(assess(q, fine).reasons), fine

@@ -91,6 +91,12 @@ the two (trained models may answer in another register than the base model, less
 question); the floor keeps a run whose base answers wander from switching the rule off."""
 
 SHOT_COPY_MIN_WORDS = 4
+
+GLUED_LOOP = re.compile(r"([A-Za-z]{3,10})\1{2,}")
+"""A piece of 3-10 letters repeated three or more times with no space between ("XcelXcelXcel",
+"nightowlnightowlnightowl"): a loop the word n-gram rules cannot see, because it is one "word".
+Seen in the recipe sweep's trained answers (docs/benchmarks.md); no answer in examples/reviews has
+one (checked by the tests). "hahaha" (a 2-letter piece) is not a loop."""
 """A shot's answer of at least this many words found verbatim inside the answer is a copy (and an
 answer of at least twice as many words found inside a shot's answer)."""
 
@@ -321,6 +327,10 @@ def assess(
     if nll is not None and cal.nll_max is not None and nll > cal.nll_max:
         degenerate = True
         reasons.append(f"base-model NLL {nll:.2f} > {cal.nll_max:.2f}")
+    glued = GLUED_LOOP.search(answer)
+    if glued:
+        degenerate = True
+        reasons.append(f"a loop glued into one word ({glued.group(0)[:40]!r})")
     item = review_item(question)
     topic, score, off = "none", None, False
     if item is not None:
