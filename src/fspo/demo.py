@@ -302,7 +302,7 @@ def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> 
     lines = [
         "# fspo demo",
         "",
-        f"Model `{summary['plan']['model']}`; reviews-domain synthetic users (sentiment x length), "
+        f"Model `{summary['plan']['model']}`; reviews-domain synthetic users (sentiment x length x perspective), "
         f"{summary['plan']['users']} users of which {int(round(summary['plan']['users'] * summary['plan']['heldout_users']))} held out; "
         f"{summary['plan']['shots']}-shot episodes; SFT then IPO; attribute judge.",
         "",
@@ -311,7 +311,7 @@ def write_demo_report(out: Path, result: dict, summary: dict, run_dir: Path) -> 
         "```",
         "",
         "Win rate: the method's answer against the base model's (zero-shot) answer for the same held-out user and "
-        "question, judged by the user's hidden attributes (sentiment by VADER, length in words); ties count half; "
+        "question, judged by the user's hidden attributes (sentiment by VADER, length in words, first-person perspective); ties count half; "
         "95% bootstrap CI over users. Reward accuracy: does the model rank the user's chosen review above the "
         "rejected one given the shots (h>0: implicit reward vs the SFT reference; LL: log-likelihood). "
         "On-topic: the review names the item asked; degenerate: a repetition loop (repeated 4-grams, distinct-2) "
