@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from contextlib import suppress
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from http_checks import MB, asgi_post, peak_rss_growth, post_chunked
 
 from fspo.data.runs import resolve_model
 from fspo.serve.api import create_app
@@ -17,7 +17,6 @@ from fspo.serve.personalize import Engine
 from fspo.serve.users import UserStore
 
 ADMIN = "admin-secret"
-MB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -44,37 +43,6 @@ def pair(tag: str) -> dict:
 
 
 # ---- memory: the body limit holds on the stream, and auth comes before the body ----------------------
-
-
-def peak_rss_growth(fn) -> tuple[object, float]:
-    """Run ``fn`` and return its result and how far this process's peak RSS rose above the start, in MB."""
-
-    def hwm() -> int:
-        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-
-    def rss() -> int:
-        return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
-
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:  # reset the peak to the current RSS
-            fh.write("5")
-    except OSError:
-        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
-    start = rss()
-    result = fn()
-    return result, (hwm() - start) / MB
-
-
-def chunked(total: int, chunk: int = MB):
-    """A request body with no Content-Length (a generator is sent with Transfer-Encoding: chunked)."""
-    block = b"x" * chunk
-    for _ in range(total // chunk):
-        yield block
-
-
-def post_chunked(url: str, headers: dict, total: int) -> httpx.Response:
-    with httpx.Client(timeout=60) as http:
-        return http.post(url, content=chunked(total), headers={**headers, "content-type": "application/json"})
 
 
 @pytest.mark.parametrize(
@@ -107,37 +75,6 @@ def test_small_chunked_body_still_works(engine, store) -> None:
         )
     assert r.status_code == 201, r.text
     assert [p.prompt for p in store.list("alice")] == ["Question chunk?"]
-
-
-def asgi_post(app, path: str, headers: list[tuple[bytes, bytes]]) -> int:
-    """POST through the ASGI app with a body that must never be read; return the response status."""
-    import asyncio
-
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        raise AssertionError("the body was read before authentication")
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    with suppress(AssertionError):
-        asyncio.run(app(scope, receive, send))
-    return sent[0]["status"] if sent else 0
 
 
 def test_unauthenticated_body_is_never_read(engine, store) -> None:

@@ -3,9 +3,7 @@ safe CSV export, one-line errors."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
-import re
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from http_checks import MB, asgi_post, peak_rss_growth, post_chunked
 
 from fspo.cli import main
 from fspo.serve.live import serve_in_thread
@@ -23,8 +22,6 @@ from fspo.serve.study.analyze import neutralize, write_csv
 from fspo.serve.study.app import create_app
 from fspo.serve.study.config import parse_config
 from fspo.serve.study.store import StudyStore
-
-MB = 1 << 20
 
 
 def study_config(pregenerated: bool = True, model: str | None = None, questions: list[str] | None = None) -> dict:
@@ -89,31 +86,6 @@ def one_line_error(capsys, argv: list[str], needle: str) -> str:
 # ---- memory: the 64 KB limit holds on the stream, and the token comes before the body -----------------
 
 
-def peak_rss_growth(fn) -> tuple[object, float]:
-    def kb(field: str) -> int:
-        return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
-
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:  # reset the peak to the current RSS
-            fh.write("5")
-    except OSError:
-        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
-    start = kb("VmRSS")
-    result = fn()
-    return result, (kb("VmHWM") - start) / 1024
-
-
-def post_chunked(url: str, headers: dict, total: int) -> httpx.Response:
-    block = b"x" * MB
-
-    def body():
-        for _ in range(total // MB):
-            yield block
-
-    with httpx.Client(timeout=60) as http:
-        return http.post(url, content=body(), headers={**headers, "content-type": "application/json"})
-
-
 @pytest.mark.parametrize(
     "who, path, status",
     [(None, "/api/label", 401), ("bad", "/api/label", 401), ("ok", "/api/label", 413), (None, "/join", 413)],
@@ -135,31 +107,7 @@ def test_token_is_checked_before_the_body_is_read(tmp_path) -> None:
     app = create_app(store)
 
     def status(headers: list) -> int:
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            raise AssertionError("the body was read before the token was checked")
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/api/label",
-            "raw_path": b"/api/label",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked"), *headers],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
-        with suppress(AssertionError):
-            asyncio.run(app(scope, receive, send))
-        return sent[0]["status"] if sent else 0
+        return asgi_post(app, "/api/label", headers)
 
     assert status([]) == 401
     assert status([(b"authorization", b"Bearer guess")]) == 401
