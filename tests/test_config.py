@@ -96,3 +96,22 @@ def test_help_shows_each_default_once(capsys):
     assert all(o.count("(default:") <= 1 for o in options)
     assert help_text.count("(default:") == len(list(iter_leaves(TrainConfig)))
     assert "{adamw, rmsprop, sgd}" in " ".join(help_text.split())
+
+
+def test_required_options_are_named_whichever_way_they_arrive():
+    from fspo.serve.config import ServeConfig
+
+    @dataclass
+    class Needs(Config):
+        path: str = opt("", "a path", required=True)
+
+    with pytest.raises(FspoError, match="^path: required$"):
+        Needs()
+    with pytest.raises(FspoError, match="path: required"):
+        load_config(Needs, None, {"path": ""})
+    assert Needs(path="x").path == "x"
+    with pytest.raises(FspoError, match="model: required"):
+        ServeConfig()
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, Needs)
+    assert "(required)" in p.format_help() and "(default: )" not in p.format_help()

@@ -39,10 +39,12 @@ def opt(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    required: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A config field with its help string (shown by ``--help``), allowed choices and range."""
-    meta = {"help": help, "choices": list(choices) if choices is not None else None}
+    """A config field with its help string (shown by ``--help``), allowed choices and range;
+    ``required``: the empty default must be replaced (a path every run needs)."""
+    meta = {"help": help, "choices": list(choices) if choices is not None else None, "required": required}
     meta |= {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -131,6 +133,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 def _check_value(name: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> None:
+    if meta.get("required") and value in ("", None):
+        raise ConfigError(f"{name}: required")
     if value is None:
         if not _nullable(tp):
             raise ConfigError(f"{name}: must not be null")
@@ -321,7 +325,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, aliases: di
         help_text = f.metadata.get("help", "")
         if choices and leaf is not bool:
             help_text += f" {{{', '.join(map(str, choices))}}}"
-        if "(default:" not in help_text:  # a help text may say its default in words ("default: lr")
+        if f.metadata.get("required"):
+            help_text += " (required)"
+        elif "(default:" not in help_text:  # a help text may say its default in words ("default: lr")
             help_text += f" (default: {_default_text(f)})"
         help_text = help_text.replace("%", "%%")
         extra: dict[str, Any] = {"metavar": _type_name(tp).upper().replace(" ", "_")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fspo.config import Config, ConfigError, opt
+from fspo.config import Config, opt
 from fspo.data.prompts import LAYOUTS
 from fspo.models import device_option, dtype_option
 
@@ -13,8 +13,8 @@ MAX_NEW_TOKENS = 8192
 
 @dataclass
 class PersonalizeConfig(Config):
-    model: str = opt("", "run folder (fspo train output), model folder, 'tiny' or 'smollm2' (required)")
-    prefs: str = opt("", "the user's preferences (JSONL/JSON/Parquet, canonical format) (required)")
+    model: str = opt("", "run folder (fspo train output), model folder, 'tiny' or 'smollm2'", required=True)
+    prefs: str = opt("", "the user's preferences (JSONL/JSON/Parquet, canonical format)", required=True)
     user: str | None = opt(None, "which user_id in --prefs (required when the file holds several users)")
     layout: str | None = opt(None, "override the run's prompt layout", choices=LAYOUTS)
     shots: int | None = opt(None, "override the run's number of shots (the most recent pairs are used)", ge=0)
@@ -25,16 +25,10 @@ class PersonalizeConfig(Config):
     device: str = device_option()
     dtype: str = dtype_option()
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("model", "prefs"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name}: required")
-
 
 @dataclass
 class ServeConfig(Config):
-    model: str = opt("", "run folder, model folder, 'tiny' or 'smollm2' (required)")
+    model: str = opt("", "run folder, model folder, 'tiny' or 'smollm2'", required=True)
     db: str = opt("fspo_serve.sqlite", "SQLite file for users and preferences")
     host: str = opt("127.0.0.1", "address to listen on")
     port: int = opt(8000, "port (0: any free port, printed at start)", ge=0, le=65535)
@@ -51,21 +45,11 @@ class ServeConfig(Config):
     device: str = device_option()
     dtype: str = dtype_option()
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.model:
-            raise ConfigError("model: required")
-
 
 @dataclass
 class StudyServeConfig(Config):
-    db: str = opt("", "the study's SQLite file, made by 'fspo study init' (required)")
+    db: str = opt("", "the study's SQLite file, made by 'fspo study init'", required=True)
     host: str = opt("127.0.0.1", "address to listen on")
     port: int = opt(8080, "port (0: any free port, printed at start)", ge=0, le=65535)
     device: str = device_option()
     dtype: str = dtype_option()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.db:
-            raise ConfigError("db: required")

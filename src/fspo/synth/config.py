@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fspo.config import Config, ConfigError, opt
+from fspo.config import Config, opt
 from fspo.models import device_option, dtype_option
 
 BACKENDS = ("local", "openai", "scripted", "none")
@@ -12,7 +12,7 @@ BACKENDS = ("local", "openai", "scripted", "none")
 
 @dataclass
 class SynthConfig(Config):
-    out: str = opt("", "output folder (required): prefs.jsonl, users.jsonl, diagnostics/, the call cache")
+    out: str = opt("", "output folder: prefs.jsonl, users.jsonl, diagnostics/, the call cache", required=True)
     domain: str = opt("reviews", "reviews | elix | roleplay | path to a domain YAML")
     users: int = opt(8, "synthetic users", ge=1)
     questions: int = opt(20, "questions", ge=1)
@@ -64,7 +64,5 @@ class SynthConfig(Config):
     progress: bool = opt(True, "progress bars")
 
     def __post_init__(self) -> None:
-        self.out = str(self.out)
+        self.out = str(self.out)  # the Python API may pass a Path
         super().__post_init__()
-        if not self.out:
-            raise ConfigError("out: required (the output folder)")
