@@ -24,6 +24,8 @@ from typing import IO, Any
 from fspo.config import shipped_path
 from fspo.data.schema import (
     PREFERENCE_KEYS,
+    SPLIT_ALIASES,
+    SPLITS,
     LongInteger,
     PreferenceRecord,
     UserProfile,
@@ -181,15 +183,6 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     yield from enumerate(rows, start=1)
 
 
-SHARD_SPLITS = {
-    "train": "train",
-    "test": "test",
-    "validation": "validation",
-    "valid": "validation",
-    "eval": "validation",
-}
-
-
 def _parquet_shards(path: Path) -> list[Path]:
     """The Parquet shards of a Hub-style dataset folder (``*.parquet`` or ``data/*.parquet``),
     when it is not a ``save_to_disk`` folder."""
@@ -200,10 +193,12 @@ def _parquet_shards(path: Path) -> list[Path]:
 
 def _iter_shards(shards: list[Path]) -> Iterator[Row]:
     """Rows of every shard in order, numbered across shards; ``train-00000-of-00002.parquet``
-    gives its rows the split ``train`` unless they carry their own."""
+    gives its rows the split ``train`` unless they carry their own (split names as rows spell
+    them: :data:`fspo.data.schema.SPLITS` and their aliases)."""
     n = 0
     for shard in shards:
-        split = SHARD_SPLITS.get(shard.name.split("-")[0].split(".")[0])
+        name = shard.name.split("-")[0].split(".")[0]
+        split = name if name in SPLITS or name in SPLIT_ALIASES else None
         for _, row in _iter_parquet(shard):
             n += 1
             if split is not None and isinstance(row, dict):
@@ -615,7 +610,7 @@ def load_hub(spec: str) -> PreferenceData:
     records = []
     for n, (split, row) in enumerate(rows, start=1):
         if split is not None:
-            row.setdefault("split", SHARD_SPLITS.get(split, split))
+            row.setdefault("split", split)  # parse_preference reads the aliases (eval, valid, ...)
         records.append(parse_preference(row, spec, n))
     if not records:
         raise DataError(spec, None, "<dataset>", "contains no preferences")
