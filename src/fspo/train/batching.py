@@ -85,23 +85,37 @@ def split_pair_logps(logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logps[:half], logps[half:]
 
 
-def pair_logps(model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, shared_prefix: bool = False):
+def pair_logps(
+    model,
+    pairs: Sequence[TokenizedPair],
+    pad_id: int,
+    reduction: str,
+    device,
+    shared_prefix: bool = False,
+    queries_per_tree: int = 1,
+):
     """(chosen, rejected) reduced log-probs of a batch of pairs.
 
     ``shared_prefix`` runs each pair as one sequence (prompt once, both completions masked from
     each other, see ``fspo.train.packing``); otherwise chosen and rejected rows are separate.
+    ``queries_per_tree`` > 1 (with ``shared_prefix``) puts up to that many pairs whose prompts
+    share their start (the same user's shots) into one tree row (:func:`packing.collate_trees`).
     Only the tokens where the two completions differ are scored (:meth:`TokenizedPair.preference_view`).
     """
     pairs = [p.preference_view() for p in pairs]
     if shared_prefix and packing.supports_shared_prefix(model):
+        if queries_per_tree > 1:
+            return packing.tree_pair_logps(model, pairs, pad_id, reduction, device, queries_per_tree)
         return packing.packed_pair_logps(model, pairs, pad_id, reduction, device)
     batch = collate_pairs(pairs, pad_id).to(device)
     return split_pair_logps(completion_logps(model, batch, reduction))
 
 
-def pair_tokens(pairs: Sequence[TokenizedPair], shared_prefix: bool = False) -> int:
+def pair_tokens(pairs: Sequence[TokenizedPair], shared_prefix: bool = False, queries_per_tree: int = 1) -> int:
     """Tokens a forward pass over these pairs processes (for tokens/s)."""
     pairs = [p.preference_view() for p in pairs]
+    if shared_prefix and queries_per_tree > 1:
+        return packing.tree_tokens(pairs, packing.tree_groups(pairs, queries_per_tree))
     if shared_prefix:
         return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)

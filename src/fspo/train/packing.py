@@ -18,6 +18,19 @@ Only positions that predict a completion token go through the LM head (``logits_
 boolean mask): the last prompt token (it predicts the first token of both completions) and the
 completion tokens but the last of each. A model whose attention implementation cannot take a
 custom 4D mask (FlashAttention kernels) falls back to the separate-rows path.
+
+**Shared-shot trees** (:func:`collate_trees`): several pairs whose prompts share a long common
+start (several queries of one user with the same shots) go into one row: the common start (the
+*trunk*) once, then per pair its own rest of the prompt, chosen and rejected answer as a branch.
+Each branch's tokens see the trunk and their own branch only (rejected never sees chosen); the
+positions of every branch continue after the trunk. A one-pair tree is exactly the ``rows``
+shared-prefix sequence. The trunk is the pairs' longest common prompt prefix in token ids, so every
+token keeps its separate-episode context and position whatever the pairs are (exactness does not
+depend on how they were grouped; the saving does).
+
+The mask goes to SDPA as a boolean tensor (True: may attend), and to eager attention as an additive
+float mask; ``bench/attention_masks.py`` measured both against ``flex_attention`` block masks on a
+CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -152,10 +165,152 @@ def collate_shared_prefix(
     )
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tree_groups(pairs: Sequence[TokenizedPair], max_queries: int, min_shared: float = 0.5) -> list[list[int]]:
+    """Indices of ``pairs`` grouped into trees of at most ``max_queries`` pairs.
+
+    Pairs are taken in the order of their prompt ids (so pairs with a common start are neighbours
+    wherever they are in the batch); a pair joins the current tree when the tree's trunk and its
+    prompt share at least ``min_shared`` of its prompt's tokens, else it starts a new tree.
+    Grouping decides only how much is saved: :func:`collate_trees` is exact for any grouping."""
+    if max_queries < 1:
+        raise ValueError("max_queries must be >= 1")
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].prompt_ids)
+    groups: list[list[int]] = []
+    trunk: Sequence[int] = ()
+    for i in order:
+        prompt = pairs[i].prompt_ids
+        if groups and len(groups[-1]) < max_queries:
+            shared = common_prefix(trunk, prompt)
+            if shared >= 1 and shared >= min_shared * len(prompt):
+                groups[-1].append(i)
+                trunk = trunk[:shared]
+                continue
+        groups.append([i])
+        trunk = prompt
+    return groups
+
+
+def trunk_length(pairs: Sequence[TokenizedPair]) -> int:
+    """Tokens of the group's common prompt start (the trunk), at most the shortest prompt."""
+    n = len(pairs[0].prompt_ids)
+    for p in pairs[1:]:
+        n = min(n, common_prefix(pairs[0].prompt_ids, p.prompt_ids))
+    return n
+
+
+def tree_tokens(pairs: Sequence[TokenizedPair], groups: Sequence[Sequence[int]]) -> int:
+    """Real tokens of the tree rows: each trunk once, then every pair's prompt rest and answers."""
+    total = 0
+    for g in groups:
+        members = [pairs[i] for i in g]
+        t = trunk_length(members)
+        total += t + sum(len(p.prompt_ids) - t + len(p.chosen_ids) + len(p.rejected_ids) for p in members)
+    return total
+
+
+def collate_trees(pairs: Sequence[TokenizedPair], groups: Sequence[Sequence[int]], pad_id: int) -> SharedPrefixBatch:
+    """One row per group: the group's trunk, then each pair's prompt rest, chosen and rejected
+    (see the module docstring). ``groups`` must cover every pair once; the log-probs come back in
+    the order of ``pairs``."""
+    n = len(pairs)
+    if sorted(i for g in groups for i in g) != list(range(n)):
+        raise ValueError("groups must hold every pair exactly once")
+    if any(len(p.prompt_ids) == 0 for p in pairs):
+        raise ValueError("tree batches need a non-empty prompt (it predicts the first completion token)")
+    rows_ids, rows_pos, rows_branch, rows_part, preds = [], [], [], [], []
+    for row, g in enumerate(groups):
+        members = [pairs[i] for i in g]
+        t = trunk_length(members)
+        ids = list(members[0].prompt_ids[:t])
+        pos = list(range(t))
+        branch = [-1] * t  # -1: the trunk, b: branch b of this row
+        part = [PROMPT] * t
+        for b, (i, pair) in enumerate(zip(g, members)):
+            rest = list(pair.prompt_ids[t:])
+            p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+            start = len(ids)
+            last_prompt = start + len(rest) - 1 if rest else t - 1
+            ids += rest + list(pair.chosen_ids) + list(pair.rejected_ids)
+            pos += list(range(t, p + c)) + list(range(p, p + r))
+            branch += [b] * (len(rest) + c + r)
+            part += [PROMPT] * len(rest) + [CHOSEN] * c + [REJECTED] * r
+            chosen_at = start + len(rest)
+            for j, tok in enumerate(pair.chosen_ids):
+                preds.append((row, last_prompt if j == 0 else chosen_at + j - 1, tok, i))
+            rejected_at = chosen_at + c
+            for j, tok in enumerate(pair.rejected_ids):
+                preds.append((row, last_prompt if j == 0 else rejected_at + j - 1, tok, n + i))
+        rows_ids.append(ids)
+        rows_pos.append(pos)
+        rows_branch.append(branch)
+        rows_part.append(part)
+    width = max(len(x) for x in rows_ids)
+    rows = len(groups)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    branch_t = torch.full((rows, width), -2, dtype=torch.long)  # -2: padding
+    part_t = torch.full((rows, width), PAD, dtype=torch.long)
+    for row in range(rows):
+        k = len(rows_ids[row])
+        input_ids[row, :k] = torch.tensor(rows_ids[row])
+        position_ids[row, :k] = torch.tensor(rows_pos[row])
+        position_ids[row, k:] = torch.arange(width - k)  # padding: never attended, never kept
+        branch_t[row, :k] = torch.tensor(rows_branch[row])
+        part_t[row, :k] = torch.tensor(rows_part[row])
+    keep = torch.zeros((rows, width), dtype=torch.bool)
+    for row, col, _, _ in preds:
+        keep[row, col] = True
+    flat_index = torch.cumsum(keep.flatten(), 0) - 1
+    src = torch.tensor([int(flat_index[row * width + col]) for row, col, _, _ in preds], dtype=torch.long)
+    q = torch.arange(width)
+    causal = q[None, :] <= q[:, None]  # [query, key]
+    bq, bk = branch_t[:, :, None], branch_t[:, None, :]
+    real = (bq > -2) & (bk > -2)
+    visible = (bk == -1) | ((bq == bk) & ~((part_t[:, :, None] == REJECTED) & (part_t[:, None, :] == CHOSEN)))
+    allowed = (real & visible & causal[None]) | torch.eye(width, dtype=torch.bool)[None]
+    counts = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs], dtype=torch.long)
+    return SharedPrefixBatch(
+        input_ids,
+        position_ids,
+        allowed.unsqueeze(1),
+        keep,
+        src,
+        torch.tensor([x[2] for x in preds], dtype=torch.long),
+        torch.tensor([x[3] for x in preds], dtype=torch.long),
+        counts,
+        n,
+        sum(len(x) for x in rows_ids) - int(counts.sum()),  # each trunk once + every prompt's rest
+    )
+
+
+def tree_pair_logps(
+    model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, max_queries: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) reduced log-probs, pairs with a common prompt start sharing one row
+    (:func:`tree_groups`, at most ``max_queries`` per row). Needs :func:`supports_shared_prefix`."""
+    batch = collate_trees(pairs, tree_groups(pairs, max_queries), pad_id).to(device)
+    return shared_prefix_logps(model, batch, reduction)
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where attention is allowed, the dtype's minimum elsewhere (works for SDPA and eager attention)."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def model_mask(model, allowed: torch.Tensor) -> torch.Tensor:
+    """The 4D mask as the model's attention takes it: SDPA the boolean mask itself (no float copy
+    of [rows, 1, L, L]), eager attention an additive one."""
+    if attention_implementation(model) == "sdpa":
+        return allowed
+    return additive_mask(allowed, model_dtype(model))
 
 
 def attention_implementation(model) -> str | None:
@@ -179,7 +334,7 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean"
     """(chosen, rejected) reduced log-probs from one forward over the shared-prefix batch."""
     out = model(
         input_ids=batch.input_ids,
-        attention_mask=additive_mask(batch.allowed, model_dtype(model)),
+        attention_mask=model_mask(model, batch.allowed),
         position_ids=batch.position_ids,
         logits_to_keep=batch.keep,
         use_cache=False,
