@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from fspo.llm.endpoints import is_endpoint
 
 if TYPE_CHECKING:
     from fspo.synth.config import SynthConfig
@@ -31,34 +34,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Build users, questions, steered responses and user-conditioned labels for a domain, and write "
         "prefs.jsonl, users.jsonl and diagnostics/ to --out. Every model call is cached in OUT/.cache, so rerunning "
         "the same command resumes where a killed run stopped. Options come from defaults, then --config YAML, then "
-        "flags and section.field=value overrides. The openai backend reads its key from $OPENAI_API_KEY.",
+        "flags and section.field=value overrides. --engine http://host:port/v1#model generates through an "
+        "OpenAI-compatible server (vLLM, llama.cpp, another fspo serve); its key comes from $OPENAI_API_KEY.",
     )
     add_config_arguments(p, SynthConfig, ALIASES)
     p.set_defaults(func=run_synth_command)
 
 
+def _engine(args: SynthConfig, spec: str, option: str):
+    from fspo.llm.openai_compat import OpenAIBackend
+
+    return OpenAIBackend.from_endpoint(spec, option, concurrency=args.concurrency, timeout=args.timeout)
+
+
 def make_backends(args: SynthConfig) -> tuple[list, object | None]:
-    """The generator backends (an ensemble when several models) and an optional separate judge."""
+    """The generator backends (an ensemble when several models) and an optional separate judge.
+
+    Engines are written ``URL[#model]`` (:mod:`fspo.llm.endpoints`): ``--engine`` for the generator
+    (``--backend openai --base-url URL --models NAME`` is the older spelling of the same), and
+    ``--judge-engine`` (or a ``--judge-model`` URL) for a judge on another server."""
     models = args.models
+    judge = None
+    if args.judge_engine:
+        judge = _engine(args, args.judge_engine, "--judge_engine")
+    elif args.judge_model and is_endpoint(args.judge_model):
+        judge = _engine(args, args.judge_model, "--judge_model")
     if args.backend == "none":
-        return [], None
+        return [], judge
     if args.backend == "scripted":
         from fspo.llm.scripted import ScriptedBackend
 
         gens = [ScriptedBackend(name=f"scripted:{m}" if models else "scripted") for m in (models or [""])]
-        return gens, (ScriptedBackend(name=f"scripted:{args.judge_model}") if args.judge_model else None)
+        if judge is None and args.judge_model:
+            judge = ScriptedBackend(name=f"scripted:{args.judge_model}")
+        return gens, judge
     if args.backend == "openai":
         from fspo.errors import FspoError
-        from fspo.llm.openai_compat import OpenAIBackend
+        from fspo.llm.endpoints import parse_endpoint
 
-        if not models:
-            raise FspoError("--backend openai needs --model NAME (the model name the server serves)")
-
-        def make(m: str):
-            url = args.base_url or os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
-            return OpenAIBackend(url, m, concurrency=args.concurrency, timeout=args.timeout)
-
-        return [make(m) for m in models], (make(args.judge_model) if args.judge_model else None)
+        option = "--engine" if args.engine else "--base_url"
+        url = args.engine or args.base_url or os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+        endpoint = parse_endpoint(url, option)
+        if not models and not args.engine:
+            raise FspoError("--backend openai needs --model NAME (the model name the server serves), or --engine URL")
+        names = [endpoint.model] if endpoint.model else (models or [None])
+        gens = [_engine(args, replace(endpoint, model=m), option) for m in names]
+        if judge is None and args.judge_model:
+            judge = _engine(args, replace(endpoint, model=args.judge_model), option)
+        return gens, judge
     from fspo.llm.local import LocalBackend
 
     loaded: dict[str, LocalBackend] = {}
@@ -68,7 +91,9 @@ def make_backends(args: SynthConfig) -> tuple[list, object | None]:
             loaded[m] = LocalBackend.from_spec(m, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         return loaded[m]
 
-    return [local(m) for m in (models or ["smollm2"])], (local(args.judge_model) if args.judge_model else None)
+    if judge is None and args.judge_model:
+        judge = local(args.judge_model)
+    return [local(m) for m in (models or ["smollm2"])], judge
 
 
 def run_synth_command(args: argparse.Namespace) -> int:

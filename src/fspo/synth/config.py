@@ -38,9 +38,18 @@ class SynthConfig(Config):
         "(default: smollm2 for local)",
         default_factory=list,
     )
-    judge_model: str | None = opt(None, "model that labels (default: the first model)")
+    engine: str | None = opt(
+        None,
+        "generate through an OpenAI-compatible engine, URL[#model] (e.g. http://127.0.0.1:8000/v1#fspo; "
+        "no #model: --models on that server, else the first it serves); sets --backend openai; key from "
+        "$OPENAI_API_KEY",
+    )
+    judge_model: str | None = opt(None, "model that labels (default: the first model); a URL[#model] is an engine")
+    judge_engine: str | None = opt(None, "label through another engine, URL[#model] (default: the generator's)")
     base_url: str | None = opt(
-        None, "OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL, else that)"
+        None,
+        "old spelling of --engine's URL (with --backend openai --models NAME; default: $OPENAI_BASE_URL, "
+        "else http://127.0.0.1:8080/v1)",
     )
     concurrency: int = opt(8, "openai: requests in flight", ge=1)
     timeout: float = opt(120.0, "openai: seconds per request", gt=0.0)
@@ -66,3 +75,17 @@ class SynthConfig(Config):
     def __post_init__(self) -> None:
         self.out = str(self.out)  # the Python API may pass a Path
         super().__post_init__()
+        from fspo.config import ConfigError
+        from fspo.llm.endpoints import is_endpoint, parse_endpoint
+
+        for name in ("engine", "judge_engine", "base_url"):
+            if getattr(self, name) is not None:
+                parse_endpoint(getattr(self, name), name)  # a bad URL is one line naming the option
+        if self.judge_model is not None and is_endpoint(self.judge_model):
+            parse_endpoint(self.judge_model, "judge_model")
+        if self.engine is not None:
+            if self.backend in ("scripted", "none"):
+                raise ConfigError(f"engine: generates through a server; it conflicts with --backend {self.backend}")
+            if parse_endpoint(self.engine, "engine").model and self.models:
+                raise ConfigError("engine: names the model after '#' and --models names more; give one of them")
+            self.backend = "openai"
