@@ -1,4 +1,5 @@
-"""``fspo validate`` and ``fspo export``: check data files, convert to TRL's format (raw pairs or FSPO episodes)."""
+"""``fspo validate``, ``fspo export`` and ``fspo from-texts``: check data files, convert to TRL's format (raw
+pairs or FSPO episodes), make a dataset from people's own writing."""
 
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", default=None, help="--episodes: fit shots to --max-length with this model's tokenizer")
     e.add_argument("--max-length", type=int, default=None, help="--episodes: tokens per sequence, prompt + answer")
     e.set_defaults(func=run_export)
+
+    from fspo.config import add_config_arguments
+    from fspo.synth.from_texts import FromTextsConfig
+
+    f = sub.add_parser(
+        "from-texts",
+        help="make a dataset from people's own writing: chosen = their text, rejected = another person's",
+        description="Read rows person_id, prompt, text (JSONL, JSON, CSV, Parquet or a datasets folder) and write "
+        "a dataset folder (prefs.jsonl + users.jsonl) that fspo train and fspo eval read: for every text, chosen is "
+        "the author's own text and rejected another person's text for the same prompt, else for the most similar "
+        "prompt (or, with --rejected base, the base model's answer). Whole persons are held out as split=test. "
+        "Options come from defaults, then --config YAML, then flags and section.field=value overrides.",
+    )
+    add_config_arguments(f, FromTextsConfig, {"quiet": "!progress"})
+    f.set_defaults(func=run_from_texts)
 
 
 MAX_PROBLEMS = 100  # per file: a binary or wrongly encoded file would otherwise print a line per line
@@ -143,4 +159,25 @@ def run_export_episodes(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FspoError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     print(f"wrote {len(rows)} {args.split or 'train'} episodes ({fmt}) to {args.out}")
+    return 0
+
+
+def run_from_texts(args: argparse.Namespace) -> int:
+    from fspo.config import config_from_args
+    from fspo.synth.from_texts import FromTextsConfig, run_from_texts
+
+    cfg = config_from_args(FromTextsConfig, args)
+    conv = run_from_texts(cfg)
+    st = conv.stats
+    for note in conv.notes:
+        print(printable(f"note: {note}"))
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in st["rejected"].items())
+    print(
+        printable(
+            f"read {st['texts']} texts by {st['persons']} persons from {cfg.texts}; wrote {st['pairs']} pairs "
+            f"(train {st['train_pairs']}, test {st['test_pairs']}; rejected: {kinds}) and "
+            f"{len(conv.users)} users ({len(st['heldout_persons'])} held out: {', '.join(st['heldout_persons'])}) "
+            f"to {cfg.out}"
+        )
+    )
     return 0
