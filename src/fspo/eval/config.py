@@ -23,6 +23,16 @@ class EvalConfig(Config):
     method_models: dict[str, str] = opt(
         help="model for one method, NAME=PATH (repeatable), e.g. prefft=runs/p", default_factory=dict
     )
+    engine: str | None = opt(
+        None,
+        "generate the answers of every row that runs --model through an OpenAI-compatible engine serving that "
+        "model, URL[#model] (e.g. http://127.0.0.1:8000/v1#fspo); reward accuracy is still scored locally",
+    )
+    method_engines: dict[str, str] = opt(
+        help="generate one method's answers through an engine serving its model, NAME=URL[#model] (repeatable), "
+        "e.g. fspo-ipo=http://127.0.0.1:8000/v1#fspo",
+        default_factory=dict,
+    )
     base_model: str | None = opt(None, "base model (default: the run's base model, else smollm2)")
     baseline: str = opt("base", "method every row is compared against", choices=list(METHODS))
     shots: int | None = opt(None, "N shots for generation (default: the run's N, else 4)", ge=0)
@@ -53,6 +63,17 @@ class EvalConfig(Config):
         from fspo.eval.methods import parse_methods
 
         self.methods = parse_methods(self.methods)
+        from fspo.config import ConfigError
+        from fspo.llm.endpoints import is_endpoint, parse_endpoint
+
+        if self.engine is not None:
+            parse_endpoint(self.engine, "engine")
+        for name, url in self.method_engines.items():
+            if name not in self.methods:
+                raise ConfigError(f"method_engines: {name!r} is not among the methods ({', '.join(self.methods)})")
+            parse_endpoint(url, f"method_engines: {name}")
+        if self.judge_model is not None and is_endpoint(self.judge_model):
+            parse_endpoint(self.judge_model, "judge_model")
         if any(n < 0 for n in self.shots_curve):
             from fspo.config import ConfigError
 

@@ -137,6 +137,16 @@ class LazyLocalBackend:
         return self._backend().choice_logprobs(prompts, choices, prefix)
 
 
+def engine_backend(engine: str, spec: str, option: str = "--engine", concurrency: int = 8):
+    """A client of the engine at ``engine`` (``URL[#model]``) serving ``spec``; its cache name ties the
+    endpoint to the local weights' fingerprint, so answers of another engine or model never replay."""
+    from fspo.llm.openai_compat import OpenAIBackend
+
+    backend = OpenAIBackend.from_endpoint(engine, option, concurrency=concurrency)
+    backend.name = f"engine:{backend.endpoint}|{model_fingerprint(spec)}"
+    return backend
+
+
 # --- prompts and generations --------------------------------------------------------------------
 
 
@@ -167,8 +177,14 @@ def generate_method(
     chat_template: bool = False,
     batch_size: int = 8,
     progress: bool = False,
+    engine: str | None = None,
+    option: str = "--engine",
 ) -> tuple[list[Generation], dict]:
-    """Greedy answers of one method to every episode; returns (generations, stats with cache hits)."""
+    """Greedy answers of one method to every episode; returns (generations, stats with cache hits).
+
+    ``engine`` (``URL[#model]``, an OpenAI-compatible server serving ``spec``): the same rendered
+    prompts are sent to its ``/v1/completions`` as raw text instead of the local model (the
+    tokenizer of ``spec`` still fits the shots); ``option`` names the option in errors."""
     tok = pool.tokenizer(spec)
     budget = max_length - max_new_tokens
     prompts, kept = [], []
@@ -183,7 +199,10 @@ def generate_method(
             )
         prompts.append(fitted.text)
         kept.append(fitted.n_shots)
-    backend = CachedBackend(LazyLocalBackend(pool, spec, batch_size, progress=False), cache, progress=progress)
+    inner = (
+        LazyLocalBackend(pool, spec, batch_size, progress=False) if not engine else engine_backend(engine, spec, option)
+    )
+    backend = CachedBackend(inner, cache, progress=progress)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
     texts = backend.generate(prompts, params, desc=f"generate {method}")
     out = []

@@ -20,6 +20,7 @@ from typing import Any
 from fspo.errors import FspoError
 from fspo.eval.config import EvalConfig
 from fspo.eval.methods import METHODS, assign_models, layout_warnings, parse_methods
+from fspo.llm.endpoints import is_endpoint
 
 
 def _say(cfg: EvalConfig, msg: str) -> None:
@@ -39,13 +40,10 @@ def _judge_backend(cfg: EvalConfig, pool, cache, backend=None):
         from fspo.llm.scripted import ScriptedBackend
 
         backend = ScriptedBackend()
-    elif spec.startswith(("http://", "https://")):
+    elif is_endpoint(spec):
         from fspo.llm.openai_compat import OpenAIBackend
 
-        url, _, model = spec.partition("#")
-        if not model:
-            raise FspoError(f"{spec}: name the served model after '#', e.g. http://127.0.0.1:8000/v1#my-model")
-        backend = OpenAIBackend(url, model)
+        backend = OpenAIBackend.from_endpoint(spec, "--judge_model")
     else:
         from fspo.eval.generate import LazyLocalBackend
 
@@ -110,6 +108,7 @@ class EvalPlan:
     descriptions: dict[str, str]
     episodes: list  # one per query
     notes: list[str] = field(default_factory=list)
+    engines: dict[str, tuple[str, str]] = field(default_factory=dict)  # method -> (URL[#model], option)
 
     def config_dict(self, cfg: EvalConfig) -> dict:
         return cfg.to_dict() | {"methods": self.methods, "base_model": self.base_model, "shots": self.shots}
@@ -151,9 +150,26 @@ def plan_eval(cfg: EvalConfig) -> EvalPlan:
     episodes = select_episodes(records, shots, cfg.seed, 0, cfg.queries)
     if not episodes:
         raise FspoError("no evaluation queries (users need at least 2 preferences with distinct questions)")
-    return EvalPlan(
+    plan = EvalPlan(
         methods, infos, budgets, base_model, shots, data, users, all_heldout, records, descriptions, episodes, notes
     )
+    plan.engines = method_engines(cfg, methods, notes)
+    return plan
+
+
+def method_engines(cfg: EvalConfig, methods: list[str], notes: list[str]) -> dict[str, tuple[str, str]]:
+    """Rows whose answers an engine generates: ``--method-engines NAME=URL`` first, then ``--engine``
+    for every row that runs ``--model`` (trained rows without their own ``--method-model``)."""
+    engines = {n: (url, f"--method_engines {n}") for n, url in cfg.method_engines.items()}
+    if cfg.engine:
+        runs_model = [n for n in methods if METHODS[n].trained and n not in cfg.method_models]
+        if not [n for n in runs_model if n not in engines]:
+            raise FspoError("--engine: serves --model, but no method row runs it (use --method-engines NAME=URL)")
+        engines = {n: (cfg.engine, "--engine") for n in runs_model} | engines
+    for name, (url, _) in engines.items():
+        how = "locally" if cfg.reward_accuracy else "not at all (--reward-accuracy false)"
+        notes.append(f"{name}: answers generated through {url}; reward accuracy scored {how}")
+    return engines
 
 
 def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[str, dict]:
@@ -204,7 +220,8 @@ def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict
     method_rows: dict[str, dict] = {}
     for name in plan.methods:
         info = plan.infos[name]
-        _say(cfg, f"generate: {name} with {info.spec}")
+        engine, option = plan.engines.get(name, (None, "--engine"))
+        _say(cfg, f"generate: {name} with {info.spec}" + (f" through {engine}" if engine else ""))
         g, stats = generate_method(
             name,
             METHODS[name].layout,
@@ -218,6 +235,8 @@ def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict
             info.chat_template,
             cfg.batch_size,
             cfg.progress,
+            engine=engine,
+            option=option,
         )
         gens[name] = g
         if stats["empty_answers"]:
@@ -234,6 +253,8 @@ def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict
             "generation": stats,
             "attribute_match": _attribute_match(plan.data.users, g),
         }
+        if engine:
+            method_rows[name]["engine"] = engine
         if METHODS[name].prompt_layout.writes_description:
             # RAT: does the description it wrote state the user's true attributes? (issue 13)
             method_rows[name]["description_accuracy"] = description_accuracy(

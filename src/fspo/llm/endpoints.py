@@ -83,7 +83,7 @@ def served_models(client, base_url: str) -> list[str]:
     try:
         return [m.id for m in client.models.list()]
     except Exception as exc:
-        raise api_error(exc, base_url + "/models") from None
+        raise api_error(exc, base_url + "/models", base_url) from None
 
 
 def default_model(client, endpoint: Endpoint, option: str = "--engine") -> str:

@@ -44,6 +44,21 @@ class ServeConfig(Config):
     name: str | None = opt(None, "model name reported by /v1/models (default: --model)")
     device: str = device_option()
     dtype: str = dtype_option()
+    engine: str | None = opt(
+        None,
+        "generate through an OpenAI-compatible engine serving --model, URL[#model] (e.g. vLLM at "
+        "http://127.0.0.1:8001/v1#fspo): users, auth and prompt assembly stay here (--model's run record and "
+        "tokenizer; its weights are not loaded), the rendered prompt goes to the engine's /v1/completions; key "
+        "from $OPENAI_API_KEY",
+    )
+    engine_timeout: float = opt(120.0, "seconds per engine request", gt=0.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.engine is not None:
+            from fspo.llm.endpoints import parse_endpoint
+
+            parse_endpoint(self.engine, "engine")
 
 
 @dataclass
