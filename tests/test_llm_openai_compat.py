@@ -237,3 +237,17 @@ def test_cli_unreachable_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"fspo synth: error: cannot reach http://127.0.0.1:{port}/v1: connection refused"]
+
+
+def test_cli_synth_engine_spelling(server, tmp_path, capsys):
+    """``--engine URL#model`` and ``--judge-engine`` are the new spellings of --backend openai --base-url --model."""
+    from fspo.cli import main
+    from fspo.data.io import load_data
+
+    argv = ["synth", "--domain", "roleplay", "--users", "2", "--questions", "2", "--no-embed", "--no-plots", "--quiet"]
+    rc = main([*argv, "--engine", f"{server}#scripted", "--judge-engine", f"{server}#scripted", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    data = load_data(tmp_path)
+    assert data.prefs and all(r.meta["generator"] == "openai:scripted" for r in data.prefs)
+    assert main([*argv, "--engine", f"{server}#a", "--models", "b", "--out", str(tmp_path / "x")]) == 2
+    assert "--engine: names the model after '#'" in capsys.readouterr().err
