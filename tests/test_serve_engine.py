@@ -8,6 +8,7 @@ from fspo.data.runs import ResolvedModel, resolve_model
 from fspo.data.schema import PreferenceRecord
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
+from fspo.serve.batching import Done
 from fspo.serve.personalize import Engine
 
 
@@ -78,11 +79,12 @@ def test_rat_layout_returns_description(engine: Engine, monkeypatch) -> None:
     rat = Engine(engine.model, engine.tokenizer, ResolvedModel("tiny", layout="rat"))
     written = "\nLikes bright, happy films.\n## Preferred Response \nA joyful movie.\n# Example 3"
     ids = engine.tokenizer(written, add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(rat, "_decode", lambda *a, **k: ids)
+    monkeypatch.setattr(rat, "_run", lambda *a, **k: Done(0, ids, None))
     out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=40))
     assert out.prompt.endswith("## User Description")  # the model writes the newline, as in training
     assert (out.description, out.answer) == ("Likes bright, happy films.", "A joyful movie.")
-    monkeypatch.setattr(rat, "_decode", lambda *a, **k: engine.tokenizer("\nOnly a description.")["input_ids"])
+    only = engine.tokenizer("\nOnly a description.")["input_ids"]
+    monkeypatch.setattr(rat, "_run", lambda *a, **k: Done(0, only, None))
     out = rat.generate("r", shots("r", 2), "q?", GenerationParams(max_new_tokens=40))
     assert (out.description, out.answer) == ("Only a description.", "")  # no answer block: no answer
 
@@ -96,11 +98,12 @@ def test_stream_equals_generate_and_stops_when_the_reader_leaves(engine: Engine)
     items = list(engine.stream("u5", s, "Any film?", params))
     assert "".join(items[:-1]) == plain.answer == items[-1].answer
     assert items[-1].cached_tokens > 0 and items[-1].completion_tokens == plain.completion_tokens
-    # A reader that leaves after the first piece frees the model long before 800 tokens are decoded.
+    # A reader that leaves after the first piece takes its sequence out of the batch at the next step.
     stream = engine.stream("u5", s, "Any film?", GenerationParams(max_new_tokens=800))
     next(stream)
     start = time.perf_counter()
     stream.close()
-    assert engine._lock.acquire(timeout=30)
-    engine._lock.release()
+    while engine.batcher.active and time.perf_counter() - start < 30:
+        time.sleep(0.01)
+    assert engine.batcher.active == 0
     assert time.perf_counter() - start < 3.0

@@ -2,20 +2,21 @@
 
 A user's few-shot context (their labeled pairs) is the long, stable part of every prompt; the
 question is short. So the engine keeps, per user, the KV cache of the prompt's token ids up to
-the end of the shots (a bounded LRU), and a repeat question only encodes the question. Reuse is
-decided by comparing token ids, never by trusting a key alone: a cache entry is used only if its
-ids are an exact prefix of the new prompt's ids, so a stale entry (the user changed their
-preferences) or a tokenization difference at the boundary silently falls back to recomputing.
+the end of the shots (a bounded LRU) together with those token ids and the text they cover: a
+repeat question only encodes (tokenizes and prefills) the question. Reuse is decided by comparing
+text and token ids, never by trusting a key alone: a cache entry is used only if its ids are an
+exact prefix of the new prompt's ids, so a stale entry (the user changed their preferences) or a
+tokenization difference at the boundary silently falls back to recomputing.
 
-:meth:`Engine.stream` yields the answer while it is generated (the same ``generate`` call with a
-token streamer, so a streamed answer equals the non-streamed one, cache included).
+Generation goes through one scheduler thread (:mod:`fspo.serve.batching`): requests arriving
+together are decoded together, each with its own sampling parameters and stops.
+:meth:`Engine.stream` yields the answer while it is generated (the same request with its tokens
+forwarded as they are sampled, so a streamed answer equals the non-streamed one, cache included).
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -24,13 +25,21 @@ from dataclasses import dataclass
 
 import torch
 
-from fspo.data.prompts import ZEROSHOT, layout_of, parse_generation, render_shots
+from fspo.data.prompts import (
+    ZEROSHOT,
+    generation_prefix,
+    layout_of,
+    parse_generation,
+    render_prompt,
+    render_shots,
+    wrap_chat,
+)
 from fspo.data.runs import ResolvedModel
 from fspo.data.schema import PreferenceRecord
-from fspo.data.truncation import encode_prompt, fit_generation_prompt
+from fspo.data.truncation import encode_completion, encode_prompt, fit_generation_prompt
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams, apply_stops
-from fspo.llm.local import generate_kwargs
+from fspo.serve.batching import KV, Batcher, Done, Job
 
 # A generation that starts a new example or task block is finished.
 STOP_STRINGS = ("\n# Example", "\n# Task", "\n## Question", "\n## Dispreferred")
@@ -61,40 +70,59 @@ class Personalized:
     cached_tokens: int  # prompt tokens whose KV came from this user's cache (0 on a miss)
     completion_tokens: int
     seconds: float
+    first_token_seconds: float | None = None  # from the request to its first sampled token
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
+    """A user's cached prefix: its token ids, their KV (never written), the rendered prefix text it was
+    made for, and where in the prompt text the ids end (None: unknown, so always re-tokenize)."""
+
     ids: list[int]
-    cache: object
+    kv: KV | None
+    prefix_text: str = ""
+    boundary: int | None = None
 
 
 class PrefixCache:
-    """A bounded LRU of per-user KV caches. Not thread-safe on its own: the engine holds a lock."""
+    """A bounded LRU of per-user prefix entries, thread-safe. ``drop`` bumps the user's version, and
+    ``put`` ignores an entry computed for an older version (a request that began before the user's
+    preferences changed cannot store its prefix afterwards)."""
 
     def __init__(self, max_users: int = 32) -> None:
         self.max_users = max_users
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._versions: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def get(self, user_id: str) -> _Entry | None:
-        entry = self._entries.get(user_id)
-        if entry is not None:
-            self._entries.move_to_end(user_id)
-        return entry
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if entry is not None:
+                self._entries.move_to_end(user_id)
+            return entry
 
-    def put(self, user_id: str, entry: _Entry) -> None:
-        if self.max_users <= 0:
-            return
-        self._entries[user_id] = entry
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self.max_users:
-            self._entries.popitem(last=False)
+    def version(self, user_id: str) -> int:
+        with self._lock:
+            return self._versions.get(user_id, 0)
+
+    def put(self, user_id: str, entry: _Entry, version: int | None = None) -> None:
+        with self._lock:
+            if self.max_users <= 0 or (version is not None and version != self._versions.get(user_id, 0)):
+                return
+            self._entries[user_id] = entry
+            self._entries.move_to_end(user_id)
+            while len(self._entries) > self.max_users:
+                self._entries.popitem(last=False)
 
     def drop(self, user_id: str) -> None:
-        self._entries.pop(user_id, None)
+        with self._lock:
+            self._entries.pop(user_id, None)
+            self._versions[user_id] = self._versions.get(user_id, 0) + 1
 
     def users(self) -> list[str]:
-        return list(self._entries)
+        with self._lock:
+            return list(self._entries)
 
 
 def _cut_stops(text: str) -> str:
@@ -129,34 +157,6 @@ def _replace_answer(result: Personalized, answer: str) -> Personalized:
     return replace(result, answer=answer)
 
 
-class _Tokens:
-    """A ``generate`` streamer that forwards each step's new token ids to a queue (the prompt's first
-    ``put`` is skipped)."""
-
-    def __init__(self, events: queue.Queue) -> None:
-        self.events = events
-        self.prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.events.put(("tokens", value.reshape(-1).tolist()))
-
-    def end(self) -> None:
-        pass
-
-
-class _Cancelled:
-    """A stopping criterion that ends generation once ``event`` is set (the stream's reader left)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -167,33 +167,51 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Engine:
-    """Generate personalized answers from a user's preference pairs with one loaded model."""
+    """Generate personalized answers from a user's preference pairs with one loaded model.
 
-    def __init__(self, model, tokenizer, info: ResolvedModel, cache_users: int = 32) -> None:
+    Thread-safe: any number of threads may call :meth:`generate`, :meth:`stream` and the others at
+    once; one scheduler thread runs the model and decodes the requests in flight as one batch (at
+    most ``max_batch`` sequences; more wait for a free row)."""
+
+    def __init__(self, model, tokenizer, info: ResolvedModel, cache_users: int = 32, max_batch: int = 16) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info
         self.cache = PrefixCache(cache_users)
-        self._lock = threading.Lock()
         # transformers renamed ``past_key_values`` to ``cache``; support both spellings.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.batcher = Batcher(self.model, tokenizer, self._cache_kw, max_batch=max_batch)
 
     @classmethod
-    def load(cls, info: ResolvedModel, cache_users: int = 32, dtype: str = "float32", device: str = "auto") -> Engine:
+    def load(
+        cls,
+        info: ResolvedModel,
+        cache_users: int = 32,
+        dtype: str = "float32",
+        device: str = "auto",
+        max_batch: int = 16,
+    ) -> Engine:
         """Load ``info``'s model on ``device`` (auto: cuda, else mps, else cpu) in ``dtype``."""
         from fspo.models.registry import load_model
 
         model, tok = load_model(info.spec, dtype=dtype, device=device)
-        return cls(model, tok, info, cache_users)
+        return cls(model, tok, info, cache_users, max_batch)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    def close(self) -> None:
+        """Stop the scheduler thread (requests still waiting fail)."""
+        self.batcher.close()
+
     # ---- prompts -------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return list(encode_prompt(self.tokenizer, text))
+
+    def _shots_in(self, shots: Sequence[PreferenceRecord], spec) -> list[PreferenceRecord]:
+        return list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
 
     def render(
         self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
@@ -202,7 +220,7 @@ class Engine:
         (the same fitting and encoding as training and eval). The question is never cut; if even
         the bare question does not fit, that is the caller's error."""
         spec = layout_of(layout or self.info.layout)
-        available = list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
+        available = self._shots_in(shots, spec)
         fitted = fit_generation_prompt(
             self.tokenizer,
             available,
@@ -222,48 +240,42 @@ class Engine:
         cut = fitted.text.find(shots_block) + len(shots_block) if shots_block else 0
         return Rendered(fitted.text, fitted.text[:cut], list(fitted.ids), fitted.n_shots, len(list(shots)))
 
+    def _render_for(
+        self, user_id: str, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int, layout: str
+    ) -> Rendered:
+        """:meth:`render`, but when ``user_id``'s cached prefix was made for the same shots, only the
+        text after it is tokenized (the cached ids are reused): the result is the same prompt."""
+        spec = layout_of(layout)
+        entry = self.cache.get(user_id) if user_id else None
+        available = self._shots_in(shots, spec)
+        if entry is not None and entry.boundary is not None and available:
+            body = render_prompt(available, question, spec)
+            text = (wrap_chat(self.tokenizer, body) if self.info.chat_template else body) + generation_prefix(spec)
+            block = render_shots(available, spec)
+            cut = text.find(block) + len(block)
+            if text[:cut] == entry.prefix_text and len(text) > entry.boundary:
+                ids = entry.ids + list(encode_completion(self.tokenizer, text[entry.boundary :]))
+                if len(ids) <= self.info.max_length - max_new_tokens:  # all shots fit: what render keeps
+                    return Rendered(text, text[:cut], ids, len(available), len(list(shots)))
+        return self.render(shots, question, max_new_tokens, layout)
+
     # ---- generation ----------------------------------------------------------------------
-    @torch.no_grad()
-    def _prefill(self, ids: list[int]):
-        from transformers import DynamicCache
+    def _submit(
+        self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, stops, stream: bool
+    ) -> Job:
+        prefix = None
+        if use_cache and rendered.prefix_text:
+            version = self.cache.version(user_id)
+            prefix = lambda: self._cached_prefix(user_id, rendered, version)  # noqa: E731 (runs in the scheduler)
+        job = Job(list(rendered.ids), params, tuple(stops), stream=stream, prefix=prefix)
+        return self.batcher.submit(job)
 
-        cache = DynamicCache()
-        self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **{self._cache_kw: cache})
-        return cache
+    def _run(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, stops=STOP_STRINGS):
+        """One generation through the scheduler (and the user's prefix cache): a :class:`Done`."""
+        return self._submit(user_id, rendered, params, use_cache, stops, stream=False).wait()
 
-    @torch.no_grad()
-    def _decode(
-        self, ids: list[int], params: GenerationParams, cache=None, streamer=None, stop=None, stops=STOP_STRINGS
-    ) -> list[int]:
-        tok = self.tokenizer
-        kwargs = generate_kwargs(params, tok)
-        if stops:
-            kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
-        if streamer is not None:
-            kwargs["streamer"] = streamer
-        if stop is not None:
-            kwargs["stopping_criteria"] = [_Cancelled(stop)]
-        input_ids = torch.tensor([ids], device=self.device)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(params.seed)
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        return out[0, len(ids) :].tolist()
-
-    def _run(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, **stream) -> tuple:
-        """``(cached_tokens, new_ids)``: one generation under the model lock, through the user's prefix cache."""
-        with self._lock:
-            if use_cache and rendered.prefix_text:
-                entry, hit = self._cached_prefix(user_id, rendered)
-                # Generation extends the cache in place, so it runs on a copy (cheap next to re-encoding).
-                work = copy.deepcopy(entry.cache) if entry.cache is not None else None
-                return (len(entry.ids) if hit else 0), self._decode(rendered.ids, params, work, **stream)
-            return 0, self._decode(rendered.ids, params, **stream)
-
-    def _finish(self, rendered: Rendered, extract, cached: int, new: list[int], start: float) -> Personalized:
-        raw, answer, description = extract(self.tokenizer.decode(new, skip_special_tokens=True))
+    def _finish(self, rendered: Rendered, extract, done: Done, start: float) -> Personalized:
+        raw, answer, description = extract(self.tokenizer.decode(done.new_ids, skip_special_tokens=True))
         return Personalized(
             answer=answer,
             description=description,
@@ -272,9 +284,10 @@ class Engine:
             shots_used=rendered.shots_used,
             shots_available=rendered.shots_available,
             prompt_tokens=len(rendered.ids),
-            cached_tokens=cached,
-            completion_tokens=len(new),
+            cached_tokens=done.cached_tokens,
+            completion_tokens=len(done.new_ids),
             seconds=time.perf_counter() - start,
+            first_token_seconds=done.first_token_seconds,
         )
 
     def generate(
@@ -289,10 +302,9 @@ class Engine:
         """Answer ``question`` for ``user_id`` conditioned on ``shots`` (their pairs, oldest first)."""
         params = params or GenerationParams()
         layout = layout or self.info.layout
-        rendered = self.render(shots, question, params.max_new_tokens, layout)
         start = time.perf_counter()
-        cached, new = self._run(user_id, rendered, params, use_cache)
-        return self._finish(rendered, _personalized(layout), cached, new, start)
+        rendered = self._render_for(user_id if use_cache else "", shots, question, params.max_new_tokens, layout)
+        return self._finish(rendered, _personalized(layout), self._run(user_id, rendered, params, use_cache), start)
 
     def stream(
         self,
@@ -306,15 +318,17 @@ class Engine:
         """Like :meth:`generate`, but yield the answer's text as it is generated (``str`` deltas), then
         the :class:`Personalized` result, whose ``answer`` is the concatenation of the deltas.
 
-        The prompt is rendered now, so a question that does not fit raises here, before any output.
-        Generation runs in a worker thread (holding the model lock) with a token streamer; closing the
-        iterator early (a client that went away) stops the generation at the next token.
+        The prompt is rendered and the request queued now, so a question that does not fit raises
+        here, before any output. Closing the iterator early (a client that went away) takes the
+        request out of the batch at the next decode step.
         """
         params = params or GenerationParams()
         layout = layout or self.info.layout
-        rendered = self.render(shots, question, params.max_new_tokens, layout)
+        start = time.perf_counter()
+        rendered = self._render_for(user_id if use_cache else "", shots, question, params.max_new_tokens, layout)
         extract = _personalized(layout)
-        return self._stream(user_id, rendered, params, use_cache, extract, lambda text: extract(text)[1])
+        job = self._submit(user_id, rendered, params, use_cache, STOP_STRINGS, stream=True)
+        return self._stream(job, rendered, extract, lambda text: extract(text)[1], start)
 
     # ---- raw completion (the model as a plain completions engine) -------------------------
     def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
@@ -331,14 +345,14 @@ class Engine:
         """Continue ``text`` as given, cut at ``params.stop`` (no user, no shots, no answer parsing): what
         a vLLM-style completions endpoint returns, for clients that render FSPO prompts themselves."""
         params = params or GenerationParams()
-        rendered = self.render_raw(text, params.max_new_tokens)
         start = time.perf_counter()
-        _, new = self._run("", rendered, params, False, stops=params.stop)
-        return self._finish(rendered, _raw(params.stop), 0, new, start)
+        rendered = self.render_raw(text, params.max_new_tokens)
+        return self._finish(rendered, _raw(params.stop), self._run("", rendered, params, False, params.stop), start)
 
     def stream_complete(self, text: str, params: GenerationParams | None = None) -> Iterator[str | Personalized]:
         """:meth:`complete`, streamed like :meth:`stream` (a possible stop string's start is held back)."""
         params = params or GenerationParams()
+        start = time.perf_counter()
         rendered = self.render_raw(text, params.max_new_tokens)
         extract = _raw(params.stop)
 
@@ -347,30 +361,16 @@ class Engine:
             held = max((k for stop in params.stop for k in range(1, len(stop)) if answer.endswith(stop[:k])), default=0)
             return answer[: len(answer) - held]
 
-        return self._stream("", rendered, params, False, extract, settled, stops=params.stop)
+        job = self._submit("", rendered, params, False, params.stop, stream=True)
+        return self._stream(job, rendered, extract, settled, start)
 
-    def _stream(self, user_id, rendered: Rendered, params, use_cache: bool, extract, settled, stops=STOP_STRINGS):
+    def _stream(self, job: Job, rendered: Rendered, extract, settled, start: float):
         """Yield ``settled(text so far)`` as it grows, then the :class:`Personalized` result."""
-        events: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        start = time.perf_counter()
-        tokens = _Tokens(events)
-
-        def work() -> None:
-            try:
-                events.put(
-                    ("done", self._run(user_id, rendered, params, use_cache, streamer=tokens, stop=stop, stops=stops))
-                )
-            except BaseException as exc:  # re-raised in the consumer
-                events.put(("error", exc))
-
-        worker = threading.Thread(target=work, name="fspo-stream", daemon=True)
-        worker.start()
         new: list[int] = []
         sent = ""
         try:
             while True:
-                kind, value = events.get()
+                kind, value = job.events.get()
                 if kind == "error":
                     raise value
                 if kind == "done":
@@ -385,33 +385,55 @@ class Engine:
                 if answer.startswith(sent) and len(answer) > len(sent):
                     yield answer[len(sent) :]
                     sent = answer
-            cached, new = value
-            result = self._finish(rendered, extract, cached, new, start)
+            result = self._finish(rendered, extract, value, start)
             if result.answer.startswith(sent) and len(result.answer) > len(sent):
                 yield result.answer[len(sent) :]
             elif not result.answer.startswith(sent):  # never seen; keep the streamed text the truth
                 result = _replace_answer(result, sent)
             yield result
         finally:
-            stop.set()
+            job.cancelled.set()
 
     def baseline(self, question: str, params: GenerationParams | None = None) -> Personalized:
         """The same model without the user's context (the zero-shot layout): a study's baseline arm."""
         return self.generate("", [], question, params, use_cache=False, layout=ZEROSHOT.name)
 
     def invalidate(self, user_id: str) -> None:
-        """Forget a user's cached prefix (after their preferences change or they are deleted)."""
-        with self._lock:
-            self.cache.drop(user_id)
+        """Forget a user's cached prefix (after their preferences change or they are deleted). A request
+        already decoding keeps its own copy and finishes unchanged; one that began before this call
+        does not store its prefix."""
+        self.cache.drop(user_id)
 
-    def _cached_prefix(self, user_id: str, rendered: Rendered) -> tuple[_Entry, bool]:
-        """The user's cache entry if its ids prefix this prompt (a hit), else a freshly encoded one."""
+    def _cached_prefix(self, user_id: str, rendered: Rendered, version: int) -> tuple[int, KV | None, bool]:
+        """``(n, kv, hit)``: the user's cached prefix if its ids prefix this prompt (a hit), else a
+        freshly encoded and prefilled one, stored for the next request. Scheduler thread."""
         ids = rendered.ids
         entry = self.cache.get(user_id)
-        if entry is not None and len(entry.ids) < len(ids) and ids[: len(entry.ids)] == entry.ids:
-            return entry, True
+        if (
+            entry is not None
+            and entry.kv is not None
+            and len(entry.ids) < len(ids)
+            and ids[: len(entry.ids)] == entry.ids
+        ):
+            return len(entry.ids), entry.kv, True
         k = _common_prefix(self._encode(rendered.prefix_text), ids)
         k = min(k, len(ids) - 1)
-        entry = _Entry(ids[:k], self._prefill(ids[:k]) if k > 0 else None)
-        self.cache.put(user_id, entry)
-        return entry, False
+        if k <= 0:
+            return 0, None, False
+        kv, _ = self.batcher.prefill(ids[:k])
+        entry = _Entry(ids[:k], kv, rendered.prefix_text, self._boundary(rendered, k))
+        self.cache.put(user_id, entry, version)
+        return k, kv, False
+
+    def _boundary(self, rendered: Rendered, k: int) -> int | None:
+        """Where in ``rendered.text`` the first ``k`` ids end, if re-tokenizing only the text after it
+        gives exactly the remaining ids (checked); None otherwise (then prompts are encoded whole)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return None
+        enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        lead = len(rendered.ids) - len(enc["input_ids"])  # a BOS that encode_prompt put in front
+        if lead not in (0, 1) or k - 1 - lead < 0 or list(enc["input_ids"]) != rendered.ids[lead:]:
+            return None
+        boundary = enc["offset_mapping"][k - 1 - lead][1]
+        rest = list(encode_completion(self.tokenizer, rendered.text[boundary:]))
+        return boundary if rendered.ids[:k] + rest == rendered.ids else None

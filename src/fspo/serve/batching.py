@@ -1,0 +1,341 @@
+"""Continuous batching for the serving engine: one scheduler thread owns the model.
+
+Requests are queued as :class:`Job` objects. Between two decode steps the scheduler admits the
+waiting jobs (up to ``max_batch`` sequences in flight): each is prefilled on its own (the user's
+cached prefix KV plus the uncached suffix, or the whole prompt) and its first token is sampled and
+sent at once, so the time to first token is one prefill, not the rest of someone else's answer.
+Then it joins the running batch. Every decode step runs all sequences in flight as one forward
+pass: their KV caches are left-padded to a common width, with an attention mask over the padding
+and each sequence's own positions, so a sequence's logits do not depend on its neighbours beyond
+floating-point rounding (greedy outputs are tested to be identical batched and alone).
+
+Each job keeps its own sampling parameters (temperature, top-p, seed: a private generator),
+its own stops (EOS, stop strings, ``max_new_tokens``) and its own event queue (tokens as they are
+sampled, then the result). A job whose reader went away (``cancelled``) leaves the batch at the
+next step. A sequence that finishes leaves the batch, and the padding nobody needs is cut.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fspo.llm.base import GenerationParams
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
+
+
+@dataclass
+class Done:
+    """A finished job: the prompt tokens served from cache, the new token ids, the time to the first."""
+
+    cached_tokens: int
+    new_ids: list[int]
+    first_token_seconds: float | None
+
+
+@dataclass
+class Job:
+    """One generation request. ``prefix`` (run in the scheduler thread) returns ``(n, kv)``: the KV of
+    the first ``n`` prompt ids if cached (``kv`` None and ``n`` 0 when there is none) and whether it
+    was a hit; the scheduler prefills the rest."""
+
+    ids: list[int]
+    params: GenerationParams
+    stops: tuple[str, ...] = ()
+    stream: bool = False
+    prefix: Callable[[], tuple[int, KV | None, bool]] | None = None
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def wait(self) -> Done:
+        """Block until the job is finished; re-raise its error. Token events are skipped."""
+        while True:
+            kind, value = self.events.get()
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+
+def _cache_of(kv: KV):
+    """A ``DynamicCache`` holding ``kv`` without copying it (updates concatenate into new tensors, so
+    the given tensors, e.g. a user's cached prefix, are never written)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k[..., :0, :], v[..., :0, :], i)  # sets the layer up (dtype, device)
+        cache.layers[i].keys, cache.layers[i].values = k, v
+    return cache
+
+
+def _kv_of(cache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """``t`` ([..., tokens, dim] KV, or a [batch, tokens] mask) left-padded with zeros to ``width`` tokens."""
+    dim = -2 if t.dim() == 4 else -1
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class _Seq:
+    """A job being decoded: its tokens so far, its sampler and its stop checks."""
+
+    def __init__(self, job: Job, eos: set[int], decode: Callable[[list[int]], str], top_k: int | None, device) -> None:
+        self.job = job
+        self.eos = eos
+        self.decode = decode
+        self.top_k = top_k
+        self.new: list[int] = []
+        self.length = len(job.ids)  # tokens in this sequence's KV once prefilled
+        self.first_token: float | None = None
+        self.cached = 0
+        params = job.params
+        self.sample = params.temperature > 0
+        self.generator = None
+        if self.sample:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(params.seed)
+        stops = [s for s in job.stops if s]
+        self.stops = stops
+        # Enough trailing tokens to hold any stop string (a character can take up to 4 byte tokens).
+        self.window = 4 * max((len(s) for s in stops), default=0) + 4
+        tail = job.ids[-8:]
+        self.tail_text = decode(tail) if stops else ""
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token from this row's logits: argmax, or a sample (temperature, top-k from the
+        model's generation config, top-p, in ``generate``'s order) from this job's own generator."""
+        if not self.sample:
+            return int(torch.argmax(logits))
+        params = self.job.params
+        scores = logits / params.temperature
+        if self.top_k and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if params.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=False)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            remove = cumulative <= (1 - params.top_p)
+            remove[-1] = False  # keep at least one token
+            scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+        probs = scores.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def push(self, token: int) -> bool:
+        """Record ``token`` (sent to a streaming reader); True once the sequence is finished."""
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - self.job.submitted
+        self.new.append(token)
+        if self.job.stream:
+            self.job.events.put(("tokens", [token]))
+        if token in self.eos or len(self.new) >= self.job.params.max_new_tokens:
+            return True
+        if self.stops:
+            text = self.tail_text + self.decode(self.new[-self.window :])
+            start = len(self.tail_text)
+            # A stop counts once it ends inside the generated text (it may begin in the prompt's tail).
+            return any(text.find(s, max(0, start - len(s) + 1)) != -1 for s in self.stops)
+        return False
+
+    def done(self) -> Done:
+        return Done(self.cached, self.new, self.first_token)
+
+
+class Batcher:
+    """The scheduler thread and its batch. ``submit`` is thread-safe; everything else runs in the thread."""
+
+    def __init__(self, model, tokenizer, cache_kw: str, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache_kw = cache_kw
+        self.max_batch = max_batch
+        eos = tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # The running batch (scheduler thread only): sequences, their padded cache and mask.
+        self._rows: list[_Seq] = []
+        self._cache = None
+        self._mask: torch.Tensor | None = None
+        self.steps = 0  # decode steps run (for tests and benchmarks)
+        self.max_rows_seen = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def active(self) -> int:
+        """Sequences in flight (a snapshot; for tests)."""
+        return len(self._rows)
+
+    # ---- the public side -------------------------------------------------------------------
+    def submit(self, job: Job) -> Job:
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._pending.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fspo-batcher", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return job
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ---- the scheduler thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._rows and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    pending, self._pending = list(self._pending), collections.deque()
+                    break
+                room = self.max_batch - len(self._rows)
+                admit = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            joined = []
+            for job in admit:
+                if job.cancelled.is_set():
+                    job.events.put(("done", Done(0, [], None)))
+                    continue
+                try:
+                    seq = self._start(job)
+                except BaseException as exc:  # this request fails; the others go on
+                    job.events.put(("error", exc))
+                    continue
+                if seq is not None:
+                    joined.append(seq)
+            try:
+                if joined:
+                    self._join(joined)
+                if self._rows:
+                    self._step()
+            except BaseException as exc:  # a failed batch step fails every sequence in it
+                for seq in self._rows + [s for s in joined if s not in self._rows]:
+                    seq.job.events.put(("error", exc))
+                self._rows, self._cache, self._mask = [], None, None
+        for job in pending + [s.job for s in self._rows]:
+            job.events.put(("error", RuntimeError("the engine was closed")))
+        self._rows, self._cache, self._mask = [], None, None
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None):
+        kwargs = {self.cache_kw: cache, "logits_to_keep": 1}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        return out.logits[:, -1, :].float()
+
+    @torch.no_grad()
+    def prefill(self, ids: Sequence[int], kv: KV | None = None, start: int = 0):
+        """``(kv, logits)``: the KV of ``kv``'s tokens followed by ``ids`` (positions from ``start``),
+        and the logits after the last id. Scheduler thread only."""
+        cache = _cache_of(kv) if kv is not None else _cache_of([])
+        positions = torch.arange(start, start + len(ids), device=self.device).unsqueeze(0)
+        logits = self._forward(torch.tensor([list(ids)], device=self.device), positions, cache)
+        return _kv_of(cache), logits[0]
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _start(self, job: Job) -> _Seq | None:
+        """Prefill ``job`` (through its prefix), send its first token; the sequence, or None if done."""
+        n, kv, hit = job.prefix() if job.prefix is not None else (0, None, False)
+        kv, logits = self.prefill(job.ids[n:], kv, start=n)
+        seq = _Seq(job, self.eos, self._decode_text, self.top_k, self.device)
+        seq.cached = n if hit else 0
+        seq.kv = kv
+        if seq.push(seq.pick(logits)):
+            job.events.put(("done", seq.done()))
+            return None
+        return seq
+
+    def _join(self, joined: list[_Seq]) -> None:
+        """Add prefilled sequences to the batch: every KV left-padded to the widest."""
+        old = self._cache is not None and bool(self._rows)
+        width = max([s.length for s in joined] + ([self._mask.shape[1]] if old else []))
+        masks = [_pad_left(self._mask, width)] if old else []
+        masks += [_pad_left(torch.ones(1, s.length, dtype=torch.long, device=self.device), width) for s in joined]
+        layers = []
+        for i in range(len(joined[0].kv)):
+            ks = [_pad_left(self._kv_layer(i)[0], width)] if old else []
+            vs = [_pad_left(self._kv_layer(i)[1], width)] if old else []
+            ks += [_pad_left(s.kv[i][0], width) for s in joined]
+            vs += [_pad_left(s.kv[i][1], width) for s in joined]
+            layers.append((torch.cat(ks) if len(ks) > 1 else ks[0], torch.cat(vs) if len(vs) > 1 else vs[0]))
+        for s in joined:
+            s.kv = None
+        self._rows = (self._rows if old else []) + joined
+        self._cache = _cache_of(layers)
+        self._mask = torch.cat(masks) if len(masks) > 1 else masks[0]
+        self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+
+    def _kv_layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self._cache.layers[i]
+        return layer.keys, layer.values
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` of the batch and cut the padding no row needs any more."""
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        if len(keep) < len(self._rows):
+            index = torch.tensor(keep, device=self.device)
+            self._rows = [self._rows[i] for i in keep]
+            self._mask = self._mask[index]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+        cut = self._mask.shape[1] - max(s.length for s in self._rows)
+        if cut > 0:
+            self._mask = self._mask[:, cut:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[..., cut:, :], layer.values[..., cut:, :]
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """One decode step for every sequence in flight."""
+        live = [i for i, s in enumerate(self._rows) if not s.job.cancelled.is_set()]
+        for i, s in enumerate(self._rows):
+            if i not in live:
+                s.job.events.put(("done", s.done()))
+        self._keep(live)
+        if not self._rows:
+            return
+        rows = self._rows
+        ids = torch.tensor([[s.new[-1]] for s in rows], device=self.device)
+        positions = torch.tensor([[s.length] for s in rows], device=self.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
+        logits = self._forward(ids, positions, self._cache, self._mask)
+        self.steps += 1
+        keep = []
+        for i, s in enumerate(rows):
+            s.length += 1
+            if s.push(s.pick(logits[i])):
+                s.job.events.put(("done", s.done()))
+            else:
+                keep.append(i)
+        if len(keep) < len(rows):
+            self._keep(keep)

@@ -1,0 +1,248 @@
+"""Batched serving: requests decoded together give what they give alone, each with its own params,
+stream, cancellation and prefix cache, and nothing of one user reaches another (tiny model, fp32)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fspo.data.runs import resolve_model
+from fspo.data.schema import PreferenceRecord
+from fspo.llm.base import GenerationParams
+from fspo.serve.personalize import Engine, Personalized
+
+GREEDY = GenerationParams(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    eng = Engine.load(resolve_model("tiny"), cache_users=16)
+    assert next(eng.model.parameters()).dtype.is_floating_point and next(eng.model.parameters()).element_size() == 4
+    yield eng
+    eng.close()
+
+
+def shots(user: str, n: int, tag: str) -> list[PreferenceRecord]:
+    return [
+        PreferenceRecord(user, f"Review {tag} film {i}.", f"A bright {tag} film {i}, warm.", f"Dull {tag} {i}.")
+        for i in range(n)
+    ]
+
+
+def together(engine: Engine, calls: list[Callable[[], Iterator]]) -> list[list]:
+    """Open every stream while the scheduler is held, so they are admitted as one batch; drain them."""
+    engine.batcher.max_rows_seen = 0
+    with engine.batcher._cv:  # the scheduler cannot admit anything until all are queued
+        streams = [call() for call in calls]
+    return [list(s) for s in streams]
+
+
+def result(items: list) -> Personalized:
+    assert isinstance(items[-1], Personalized)
+    assert "".join(items[:-1]) == items[-1].answer  # the stream's pieces are the answer
+    return items[-1]
+
+
+def test_batched_greedy_equals_alone_exactly(engine: Engine) -> None:
+    # Prompts of very different lengths (0 to 4 shots, short and long questions): lots of left padding.
+    cases = [
+        ("b1", shots("b1", 4, "red"), "Review the movie.", 24),
+        ("b2", shots("b2", 1, "blue"), "What is the best way to cook rice for a large family dinner?", 16),
+        ("b3", [], "Any film?", 30),
+        ("b4", shots("b4", 3, "green"), "q?", 8),
+        ("b5", shots("b5", 2, "gold"), "Recommend a book for a long flight, please.", 24),
+    ]
+    alone = [engine.generate(u, s, q, GenerationParams(max_new_tokens=n), use_cache=False) for u, s, q, n in cases]
+    batched = together(
+        engine,
+        [
+            lambda u=u, s=s, q=q, n=n: engine.stream(u, s, q, GenerationParams(max_new_tokens=n), use_cache=False)
+            for u, s, q, n in cases
+        ],
+    )
+    assert engine.batcher.max_rows_seen == len(cases)
+    for a, b in zip(alone, batched):
+        b = result(b)
+        assert b.raw == a.raw and b.completion_tokens == a.completion_tokens
+    # The same through the per-user prefix cache (cold, then warm) while batched.
+    for _ in range(2):
+        cached = together(
+            engine,
+            [
+                lambda u=u, s=s, q=q, n=n: engine.stream(u, s, q, GenerationParams(max_new_tokens=n))
+                for u, s, q, n in cases
+            ],
+        )
+        assert [result(c).raw for c in cached] == [a.raw for a in alone]
+    assert all(result(c).cached_tokens > 0 for c, case in zip(cached, cases) if case[1])
+
+
+def test_mixed_params_and_raw_completions_in_one_batch(engine: Engine) -> None:
+    s = shots("m", 3, "teal")
+    prompt = engine.render(s, "Any film?").text
+    calls = [
+        lambda: engine.stream("m", s, "Any film?", GREEDY),
+        lambda: engine.stream("m", s, "Any film?", GenerationParams(max_new_tokens=20, temperature=1.0, seed=3)),
+        lambda: engine.stream("m", s, "Any film?", GenerationParams(max_new_tokens=20, temperature=0.7, top_p=0.5)),
+        lambda: engine.stream_complete(prompt, GenerationParams(max_new_tokens=12, stop=("e",))),
+        lambda: engine.stream_complete(prompt, GenerationParams(max_new_tokens=5)),
+    ]
+    alone = [result(list(call())) for call in calls]
+    batched = [result(items) for items in together(engine, calls)]
+    assert engine.batcher.max_rows_seen >= len(calls) - 1  # a stop can end one at its first token
+    for a, b in zip(alone, batched):
+        assert (b.raw, b.completion_tokens) == (a.raw, a.completion_tokens)
+    assert batched[4].completion_tokens == 5 and "e" not in batched[3].answer
+    # Seeds are per request: another seed in the same batch changes only that request.
+    other = together(
+        engine,
+        [calls[1], lambda: engine.stream("m", s, "Any film?", GenerationParams(max_new_tokens=20, temperature=1.0))],
+    )
+    assert result(other[0]).raw == alone[1].raw
+
+
+def test_concurrent_threads_are_batched_and_stream(engine: Engine) -> None:
+    """Plain threads calling generate and stream at once (as the HTTP server's thread pool does)."""
+    users = [f"t{i}" for i in range(6)]
+    data = {u: shots(u, 2, f"tag{u}") for u in users}
+    params = GenerationParams(max_new_tokens=40)
+    alone = {u: engine.generate(u, data[u], "Tell me more.", params, use_cache=False) for u in users}
+    got: dict[str, Personalized] = {}
+    firsts: dict[str, float] = {}
+    barrier = threading.Barrier(len(users))
+
+    def client(u: str, streaming: bool) -> None:
+        barrier.wait()
+        start = time.perf_counter()
+        if streaming:
+            items = []
+            for item in engine.stream(u, data[u], "Tell me more.", params):
+                if not items:
+                    firsts[u] = time.perf_counter() - start
+                items.append(item)
+            got[u] = result(items)
+        else:
+            got[u] = engine.generate(u, data[u], "Tell me more.", params)
+
+    engine.batcher.max_rows_seen = 0
+    threads = [threading.Thread(target=client, args=(u, i % 2 == 0)) for i, u in enumerate(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert engine.batcher.max_rows_seen >= 2
+    assert {u: got[u].raw for u in users} == {u: alone[u].raw for u in users}
+    assert all(got[u].first_token_seconds is not None for u in users)
+
+
+def test_cancelled_stream_leaves_the_batch_and_the_others_finish(engine: Engine) -> None:
+    s = shots("c", 2, "plum")
+    long = GenerationParams(max_new_tokens=300)
+    alone = engine.generate("c", s, "Go on.", long, use_cache=False)
+    with engine.batcher._cv:
+        streams = [engine.stream("c", s, "Go on.", long) for _ in range(3)]
+    first = streams[0]
+    next(first)
+    first.close()  # the client went away
+    finished = [result(list(st)) for st in streams[1:]]
+    assert all(f.raw == alone.raw for f in finished)
+    start = time.perf_counter()
+    while engine.batcher.active and time.perf_counter() - start < 10:
+        time.sleep(0.01)
+    assert engine.batcher.active == 0
+    # A cancelled request still waiting in the queue is never decoded.
+    with engine.batcher._cv:
+        queued = engine.stream("c", s, "Go on.", long)
+        queued.close()
+        steps = engine.batcher.steps
+    time.sleep(0.2)
+    assert engine.batcher.steps == steps
+
+
+def test_max_batch_limits_the_rows_in_flight(engine: Engine) -> None:
+    small = Engine(engine.model, engine.tokenizer, engine.info, max_batch=2)
+    try:
+        s = shots("x", 1, "lime")
+        alone = small.generate("x", s, "Hi?", GREEDY, use_cache=False)
+        outs = together(small, [lambda: small.stream("x", s, "Hi?", GREEDY, use_cache=False) for _ in range(5)])
+        assert small.batcher.max_rows_seen == 2
+        assert all(result(o).raw == alone.raw for o in outs)
+    finally:
+        small.close()
+
+
+def test_prefix_tokens_are_not_re_tokenized_on_a_warm_request(engine: Engine, monkeypatch) -> None:
+    s = shots("w", 4, "mint")
+    engine.invalidate("w")
+    cold = engine.generate("w", s, "Review the movie.", GREEDY)
+    assert cold.cached_tokens == 0 and engine.cache.get("w").boundary is not None
+    questions = ["Review the movie.", "  leading space?", "# a header", "naïve café ☕ 日本語?", "\nnew line", "x"]
+    expected = {q: engine.render(s, q, GREEDY.max_new_tokens) for q in questions}
+    # A warm request renders without fitting the whole prompt again (render is not called) ...
+    monkeypatch.setattr(engine, "render", lambda *a, **k: pytest.fail("the prefix was re-tokenized"))
+    for q in questions:
+        fast = engine._render_for("w", s, q, GREEDY.max_new_tokens, engine.info.layout)
+        assert (fast.ids, fast.text, fast.prefix_text, fast.shots_used) == (
+            expected[q].ids,
+            expected[q].text,
+            expected[q].prefix_text,
+            expected[q].shots_used,
+        )
+    warm = engine.generate("w", s, "Review the movie.", GREEDY)
+    assert warm.cached_tokens > 0 and warm.raw == cold.raw
+    monkeypatch.undo()
+    # ... but different shots never take the shortcut (their prefix text differs).
+    changed = engine._render_for("w", shots("w", 4, "sage"), "x", 24, engine.info.layout)
+    assert "sage" in changed.text and "mint" not in changed.text
+
+
+def test_invalidation_during_a_batch(engine: Engine) -> None:
+    old, new = shots("v", 3, "old"), shots("v", 3, "new")
+    params = GenerationParams(max_new_tokens=120)
+    alone_old = engine.generate("v", old, "Go.", params, use_cache=False)
+    alone_new = engine.generate("v", new, "Go.", params, use_cache=False)
+    engine.invalidate("v")
+    running = engine.stream("v", old, "Go.", params)
+    next(running)  # admitted, its prefix stored, decoding
+    engine.invalidate("v")  # the user's preferences changed mid-answer
+    assert "v" not in engine.cache.users()
+    fresh = engine.generate("v", new, "Go.", params)  # joins the batch with the new shots
+    assert fresh.raw == alone_new.raw and fresh.cached_tokens == 0
+    rest = list(running)
+    assert rest[-1].raw == alone_old.raw  # the running answer finished on its own (old) context
+    # A request queued before an invalidation does not store its (stale) prefix afterwards.
+    engine.invalidate("v")
+    with engine.batcher._cv:
+        queued = engine.stream("v", old, "Go.", GREEDY)
+        engine.invalidate("v")
+    list(queued)
+    assert "v" not in engine.cache.users()
+    again = engine.generate("v", new, "Go.", GREEDY)
+    assert again.cached_tokens == 0 and "new film" in again.prompt and "old film" not in again.prompt
+
+
+def test_no_cross_user_leakage_in_a_batch(engine: Engine) -> None:
+    """Users with distinct shots, same question, one batch, warm and cold: every prompt, cached prefix
+    and output is the one that user gets alone."""
+    users = {f"leak{i}": shots(f"leak{i}", 3, f"zq{i}x") for i in range(4)}
+    alone = {u: engine.generate(u, s, "Same question?", GREEDY, use_cache=False) for u, s in users.items()}
+    for u in users:
+        engine.invalidate(u)
+    for _ in range(2):  # cold (each computes its own prefix in the batch), then warm
+        outs = together(
+            engine, [lambda u=u, s=s: engine.stream(u, s, "Same question?", GREEDY) for u, s in users.items()]
+        )
+        for (u, _s), items in zip(users.items(), outs):
+            r = result(items)
+            assert r.raw == alone[u].raw
+            tag = u.removeprefix("leak")
+            others = [t for t in users if t != u]
+            assert f"zq{tag}x" in r.prompt and not any(f"zq{o.removeprefix('leak')}x" in r.prompt for o in others)
+    for u in users:
+        entry = engine.cache.get(u)
+        cached_text = engine.tokenizer.decode(entry.ids)
+        assert f"zq{u.removeprefix('leak')}x" in cached_text
+        assert not any(f"zq{o.removeprefix('leak')}x" in cached_text for o in users if o != u)
