@@ -255,3 +255,27 @@ def test_serve_engine_raw_completions_auth_and_errors(engine_url, front):
         )
     with pytest.raises(openai.BadRequestError, match="max_length"):  # checked in front, before the engine
         fronted.completions.create(model="fspo", prompt="word " * 2000, max_tokens=4)
+
+
+@pytest.mark.slow
+def test_fspo_serve_engine_command_against_a_live_engine(engine_url, tmp_path):
+    """The CLI: ``fspo serve --model tiny --engine URL`` (no #model: the engine's first) in a subprocess,
+    key for the engine from $OPENAI_API_KEY; a personalized chat equals the engine's own answer."""
+    from test_serve_hardening import start_cli, stop_cli
+
+    base, _ = engine_url
+    argv = ["serve", "--model", "tiny", "--engine", f"{base}/v1", "--db", str(tmp_path / "f.sqlite")]
+    proc, url, log = start_cli(argv, {"OPENAI_API_KEY": ENGINE_KEY, "FSPO_API_KEY": FRONT_KEY}, tmp_path)
+    try:
+        for server, key in ((base, ENGINE_KEY), (url, FRONT_KEY)):
+            r = httpx.post(f"{server}/v1/users/carol/preferences", json=_pairs("c"), headers=auth(key))
+            assert r.status_code == 201
+        kwargs = dict(model="fspo", messages=ASK, user="carol", max_tokens=16)
+        want = openai.OpenAI(base_url=base + "/v1", api_key=ENGINE_KEY).chat.completions.create(**kwargs)
+        fronted = openai.OpenAI(base_url=url + "/v1", api_key=FRONT_KEY, max_retries=0)
+        assert fronted.chat.completions.create(**kwargs).choices[0].message.content == want.choices[0].message.content
+        pieces = fronted.chat.completions.create(stream=True, **kwargs)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces) == want.choices[0].message.content
+    finally:
+        text = stop_cli(proc, log)
+    assert f"engine {base}/v1#tiny" in text  # the start line names the engine and its served model
