@@ -156,3 +156,88 @@ def test_lora_trees_equal_separate(pairs):
     g_naive = grads_of(lora, lambda: pair_logps(lora, pairs, pad, "sum", "cpu"), ref)
     g_tree = grads_of(lora, lambda: pair_logps(lora, pairs, pad, "sum", "cpu", True, 4), ref)
     assert_grads_close(g_naive, g_tree)
+
+
+# --- tree episodes, their tokenization and training -------------------------------------------
+
+
+def test_tree_episodes_share_shots_and_keep_every_query():
+    from collections import Counter
+
+    from conftest import make_records
+
+    from fspo.data.episodes import build_episodes, build_tree_episodes
+
+    rows = make_records(n_users=3, per_user=8)
+    trees, summary = build_tree_episodes(rows, n_shots=3, queries_per_tree=4, resamples=2, seed=1)
+    flat, plain = [e for t in trees for e in t], build_episodes(rows, n_shots=3, resamples=2, seed=1)[0]
+    # every row is the query of `resamples` episodes, as without trees
+    assert Counter(e.query for e in flat) == Counter(e.query for e in plain)
+    assert summary.episodes == len(flat) and summary.users_full == 3
+    for tree in trees:
+        assert 1 <= len(tree) <= 4
+        assert len({(e.user_id, e.shots) for e in tree}) == 1  # one user, one set of shots
+        assert all(len(e.shots) == 3 for e in tree)
+        asked = {e.query.prompt for e in tree}
+        assert not asked & {s.prompt for s in tree[0].shots}  # no shot asks a question of the tree
+    again, _ = build_tree_episodes(list(reversed(rows)), n_shots=3, queries_per_tree=4, resamples=2, seed=1)
+    assert again == trees  # deterministic, independent of input order
+
+
+def test_tree_budget_is_per_branch_and_shots_stay_shared(tiny):
+    from conftest import make_records
+
+    from fspo.data.episodes import Episode
+    from fspo.data.truncation import EpisodeTokenizer
+    from fspo.train.data import tokenize_trees
+
+    _, tok = tiny
+    rows = make_records(n_users=1, per_user=6)
+    long_answer = rows[0].__class__(rows[0].user_id, "Question 0 for everyone?", "word " * 40, "no.")
+    shots = tuple(rows[2:6])
+    tree = [Episode("u0", shots, long_answer), Episode("u0", shots, rows[1])]
+    enc = EpisodeTokenizer(tok, 10_000)
+    alone = [enc.tokenize(e) for e in tree]
+    budget = alone[0].length - 20  # the long-answer branch must drop shots, the other would not
+    enc = EpisodeTokenizer(tok, budget)
+    assert enc.tokenize(tree[1]).n_shots == 4 and enc.tokenize(tree[0]).n_shots < 4
+    pairs, trees, report = tokenize_trees(enc, [tree])
+    assert trees == [[0, 1]] and pairs[0].n_shots == pairs[1].n_shots == enc.tokenize(tree[0]).n_shots
+    assert all(p.length <= budget for p in pairs)  # shots + query + answer <= max_length in every branch
+    assert report.kept == 2
+
+
+def test_training_with_trees(dataset, tmp_path):
+    import json
+
+    from test_trainer import _cfg
+
+    from fspo.train.trainer import train
+
+    cfg = _cfg(dataset, tmp_path / "run", **{"optim.steps": 3, "data.queries_per_tree": 3, "optim.batch_size": 1})
+    out = train(cfg)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and "eval/reward_accuracy" in rows[-1]
+    from fspo.train.fingerprint import read_fingerprint
+
+    assert read_fingerprint(out) is not None
+    record = json.loads((out / "fspo_run.json").read_text())
+    assert any("shared-shot trees" in line for line in record["data_summary"])
+
+
+def test_stage_loss_same_with_trees():
+    from fspo.train.config import TrainConfig
+    from fspo.train.trainer import stage_loss
+
+    policy, tok = load_model("tiny", seed=8)
+    ref, _ = load_model("tiny", seed=9)
+    pairs = tree_pairs(policy.config.vocab_size, seed=3)
+    cfg = TrainConfig()
+    out = {}
+    for k in (1, 4):
+        cfg.data.queries_per_tree = k
+        loss, metrics, n_tok = stage_loss("ipo", policy, ref, pairs, cfg, tok.pad_token_id, "cpu")
+        out[k] = (loss.item(), metrics["logps/rejected"], n_tok)
+    assert out[4][0] == pytest.approx(out[1][0], abs=1e-4)
+    assert out[4][1] == pytest.approx(out[1][1], abs=1e-4)
+    assert out[4][2] < out[1][2]  # the shots run once per tree

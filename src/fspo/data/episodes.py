@@ -125,6 +125,65 @@ def build_episodes(
     return episodes, summary
 
 
+def build_tree_episodes(
+    records: Sequence[PreferenceRecord],
+    n_shots: int = 4,
+    queries_per_tree: int = 4,
+    resamples: int | None = None,
+    seed: int = 0,
+    short_users: str = "shrink",
+    min_shots: int = 1,
+) -> tuple[list[list[Episode]], EpisodeSummary]:
+    """Shared-shot trees: groups of up to ``queries_per_tree`` episodes of one user with the same shots.
+
+    For each context (``resamples``, default 2(N+1), as :func:`build_episodes`), a user's rows are
+    shuffled (seeded by seed, user and context) and cut into groups of K queries; each group gets N
+    shots sampled from the user's rows whose question is none of the group's questions. So every row
+    is the query of ``resamples`` episodes, as without trees; only the shots are shared. K shrinks
+    to the user's rows minus N (at least 1) so that a user with N+1 rows still gets N shots; a user
+    or group with fewer usable rows shrinks N (``shrink``, at least ``min_shots``) or is skipped
+    (``skip``). Deterministic and independent of input order."""
+    if short_users not in SHORT_USER_POLICIES:
+        raise ValueError(f"short_users must be one of {SHORT_USER_POLICIES}, got {short_users!r}")
+    if n_shots < 0 or queries_per_tree < 1:
+        raise ValueError("n_shots must be >= 0 and queries_per_tree >= 1")
+    resamples = default_resamples(n_shots) if resamples is None else resamples
+    if resamples < 1:
+        raise ValueError("resamples must be >= 1")
+    summary = EpisodeSummary(n_shots=n_shots, resamples=resamples)
+    trees: list[list[Episode]] = []
+    min_shots = min(min_shots, n_shots)
+    for user_id, rows in sorted(group_by_user(records).items()):
+        rows = sorted(rows, key=lambda r: (r.prompt, r.chosen, r.rejected))
+        questions = {r.prompt.strip() for r in rows}
+        k = max(1, min(queries_per_tree, len(questions) - n_shots))
+        usable = len(questions) - 1  # shots a lone query could get: every other question
+        if usable >= n_shots:
+            summary.users_full += 1
+        elif short_users == "skip" or usable < min_shots:
+            summary.users_skipped += 1
+            continue
+        else:
+            summary.users_shrunk += 1
+        for ctx in range(resamples):
+            order = list(range(len(rows)))
+            random.Random(f"fspo-tree:{seed}:{user_id}:{ctx}").shuffle(order)
+            n_groups = -(-len(order) // k)
+            for g in range(n_groups):
+                chunk = [rows[i] for i in order[g * len(order) // n_groups : (g + 1) * len(order) // n_groups]]
+                asked = {r.prompt.strip() for r in chunk}
+                pool = [r for r in rows if r.prompt.strip() not in asked]
+                if len(pool) < min_shots or (short_users == "skip" and len(pool) < n_shots):
+                    summary.queries_skipped += len(chunk)
+                    continue
+                rng = random.Random(f"fspo-tree:{seed}:{user_id}:{ctx}:{g}")
+                shots = tuple(rng.sample(pool, min(n_shots, len(pool))))
+                trees.append([Episode(user_id, shots, q) for q in chunk])
+                summary.shots_histogram[len(shots)] += len(chunk)
+    summary.episodes = sum(len(t) for t in trees)
+    return trees, summary
+
+
 def shuffled(episodes: Sequence[Episode], seed: int) -> list[Episode]:
     """A seeded permutation (the training order); the input is not modified."""
     out = list(episodes)

@@ -32,6 +32,13 @@ class DataConfig(Config):
         ge=0.0,
         lt=1.0,
     )
+    queries_per_tree: int = opt(
+        1,
+        "K > 1: shared-shot episode trees: up to K queries of one user share one set of shots, run as one sequence "
+        "(shots once, each query and its two answers a branch; exact); a micro-batch then holds optim.batch_size "
+        "trees. 1 = separate episodes",
+        ge=1,
+    )
     eval_episodes: int = opt(32, "held-out episodes scored for reward accuracy during training (0 = none)", ge=0)
 
 

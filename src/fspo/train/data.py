@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fspo.data.episodes import EpisodeSummary, build_episodes
+from fspo.data.episodes import Episode, EpisodeSummary, build_episodes, build_tree_episodes
 from fspo.data.io import load_data
 from fspo.data.prompts import layout_of
 from fspo.data.splits import evenly_spaced, heldout_records, heldout_user_ids, training_records
@@ -30,6 +30,12 @@ class PreparedData:
     eval_truncation: TruncationReport
     notes: list[str] = field(default_factory=list)
     digest: str = ""  # of the loaded records (fspo.train.fingerprint.data_digest)
+    trees: list[list[int]] | None = None  # data.queries_per_tree > 1: indices into train, one list per tree
+
+    @property
+    def units(self) -> list[list[int]]:
+        """What a micro-batch draws from: trees, or single pairs."""
+        return self.trees if self.trees is not None else [[i] for i in range(len(self.train))]
 
     def lines(self) -> list[str]:
         return (
@@ -51,13 +57,21 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
     descriptions = {u.user_id: u.description for u in data.users.values() if u.description}
     if layout_of(cfg.layout).needs_description and not descriptions:
         raise FspoError(f"{data.source}: the {cfg.layout} layout needs user descriptions (users.jsonl)")
-    episodes, summary = build_episodes(train_rows, cfg.shots, cfg.resamples, seed, cfg.short_users)
+    enc = EpisodeTokenizer(tokenizer, cfg.max_length, cfg.layout, cfg.chat_template, descriptions)
+    trees = None
+    if cfg.queries_per_tree > 1:
+        groups, summary = build_tree_episodes(
+            train_rows, cfg.shots, cfg.queries_per_tree, cfg.resamples, seed, cfg.short_users
+        )
+        episodes = [e for g in groups for e in g]
+        train_pairs, trees, report = tokenize_trees(enc, groups)
+    else:
+        episodes, summary = build_episodes(train_rows, cfg.shots, cfg.resamples, seed, cfg.short_users)
+        train_pairs, report = enc.tokenize_all(episodes)
     if not episodes:
         raise FspoError(
             f"{data.source}: no training episodes: every user has fewer than 2 preferences with distinct questions"
         )
-    enc = EpisodeTokenizer(tokenizer, cfg.max_length, cfg.layout, cfg.chat_template, descriptions)
-    train_pairs, report = enc.tokenize_all(episodes)
     if not train_pairs:
         raise FspoError(f"no episode fits data.max_length={cfg.max_length} even with zero shots; raise it")
     eval_pairs: list[TokenizedPair] = []
@@ -66,4 +80,39 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
         eval_eps, _ = build_episodes(heldout_records(data, heldout), cfg.shots, 1, seed, cfg.short_users)
         eval_pairs, eval_report = enc.tokenize_all(evenly_spaced(eval_eps, cfg.eval_episodes))
     notes = [] if heldout else ["no held-out users: training reports no held-out reward accuracy"]
-    return PreparedData(train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, digest)
+    if trees is not None:
+        notes.append(f"shared-shot trees: {len(trees)} trees of up to {cfg.queries_per_tree} queries")
+    return PreparedData(
+        train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, digest, trees
+    )
+
+
+def tokenize_trees(
+    enc: EpisodeTokenizer, groups: list[list[Episode]]
+) -> tuple[list[TokenizedPair], list[list[int]], TruncationReport]:
+    """Tokenize shared-shot trees. The token budget holds per branch: shots + query + answer <=
+    ``max_length``, as for a separate episode (one branch is one episode's sequence). Each episode
+    is fitted with :func:`fspo.data.truncation.fit_shots` (via ``enc.tokenize``); when the branches
+    of a tree kept different numbers of shots, all of them keep the fewest (the newest ones), so the
+    tree still shares one set of shots. A query that does not fit even with zero shots is skipped."""
+    pairs: list[TokenizedPair] = []
+    trees: list[list[int]] = []
+    report = TruncationReport()
+    for group in groups:
+        fitted = [(e, enc.tokenize(e)) for e in group]
+        fitted = [(e, p) for e, p in fitted if p is not None]
+        report.skipped_too_long += len(group) - len(fitted)
+        if not fitted:
+            continue
+        keep = min(p.n_shots for _, p in fitted)
+        if any(p.n_shots != keep for _, p in fitted):
+            fitted = [(e, enc.tokenize(Episode(e.user_id, e.shots[len(e.shots) - keep :], e.query))) for e, _ in fitted]
+        tree = []
+        for e, p in fitted:
+            report.kept += 1
+            report.shots_dropped += e.n_shots - p.n_shots
+            report.shots_kept[p.n_shots] += 1
+            tree.append(len(pairs))
+            pairs.append(p)
+        trees.append(tree)
+    return pairs, trees, report

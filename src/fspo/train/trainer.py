@@ -132,15 +132,21 @@ def load_policy(spec: str, cfg: TrainConfig, resume_from: Path | None):
     return model, tok
 
 
+def _packing(cfg: TrainConfig) -> tuple[bool, int]:
+    """(shared_prefix, queries_per_tree) for :func:`pair_logps`: trees imply the shared-prefix path."""
+    trees = cfg.data.queries_per_tree
+    return cfg.optim.shared_prefix or trees > 1, trees
+
+
 def reference_logps(policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, device):
     """Reference log-probs: a frozen copy, or the policy with its LoRA adapters disabled."""
     with torch.no_grad():
         if ref_model is not None:
-            return pair_logps(ref_model, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
+            return pair_logps(ref_model, pairs, pad_id, cfg.loss.reduction, device, *_packing(cfg))
         from accelerate.utils import extract_model_from_parallel
 
         with extract_model_from_parallel(policy).disable_adapter():  # the PeftModel inside a DDP wrapper
-            return pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
+            return pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, *_packing(cfg))
 
 
 def evaluate(policy, ref_model, pairs: list[TokenizedPair], cfg: TrainConfig, pad_id: int, device, stage: str) -> dict:
@@ -179,7 +185,7 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
         logps = completion_logps(policy, batch, cfg.loss.reduction)
         loss = sft_loss(logps)
         return loss, {"loss": loss.item(), "nll": -logps.mean().item()}, batch.tokens
-    pc, pr = pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, cfg.optim.shared_prefix)
+    pc, pr = pair_logps(policy, pairs, pad_id, cfg.loss.reduction, device, *_packing(cfg))
     rc, rr = reference_logps(policy, ref_model, pairs, cfg, pad_id, device)
     h = log_ratio_margin(pc, pr, rc, rr)
     losses = preference_loss(stage, h, cfg.loss.beta, cfg.loss.label_smoothing)
@@ -200,7 +206,7 @@ def stage_loss(stage, policy, ref_model, pairs, cfg: TrainConfig, pad_id: int, d
         "logps/chosen": pc.mean().item(),
         "logps/rejected": pr.mean().item(),
     }
-    tokens = pair_tokens(pairs, cfg.optim.shared_prefix)
+    tokens = pair_tokens(pairs, *_packing(cfg))
     if cfg.loss.description_weight > 0:
         metrics["nll/full_chosen"] = -full_chosen.mean().item()
         tokens += full.tokens
@@ -416,7 +422,10 @@ def run_stage(stage: str, cfg: TrainConfig, init_spec: str, ref_spec: str | None
             tokens, agg = 0, {}
             for micro in range(cfg.optim.grad_accum):
                 # batch_size pairs of this process's own (the step takes batch_size x world x grad_accum)
-                mine = [data.train[i] for i in batch_indices(len(data.train), step, micro, cfg, cfg.seed, rank, world)]
+                # (with trees: batch_size trees of this process's own, their pairs in one list)
+                units = data.units
+                picked = batch_indices(len(units), step, micro, cfg, cfg.seed, rank, world)
+                mine = [data.train[i] for u in picked for i in units[u]]
                 last = micro == cfg.optim.grad_accum - 1
                 with nullcontext() if last else accelerator.no_sync(policy):
                     loss, m, n_tok = stage_loss(stage, policy, ref_model, mine, cfg, pad_id, accelerator.device)
