@@ -241,3 +241,25 @@ def test_stage_loss_same_with_trees():
     assert out[4][0] == pytest.approx(out[1][0], abs=1e-4)
     assert out[4][1] == pytest.approx(out[1][1], abs=1e-4)
     assert out[4][2] < out[1][2]  # the shots run once per tree
+
+
+def test_reward_accuracy_scoring_with_trees_equals_separate_episodes(tmp_path):
+    from conftest import make_records
+
+    from fspo.data.episodes import build_tree_episodes
+    from fspo.eval.generate import ModelPool, select_episodes
+    from fspo.eval.reward_accuracy import Scorer, margins
+    from fspo.llm.cache import CallCache
+
+    rows = make_records(n_users=2, per_user=6)
+    shared = [e for t in build_tree_episodes(rows, n_shots=2, queries_per_tree=4, resamples=1, seed=0)[0] for e in t]
+    per_query = select_episodes(rows, 2, seed=0)  # the eval's episodes: shots sampled per query
+    pool = ModelPool()
+    for eps in (shared, per_query):
+        got = {}
+        for k in (1, 8):
+            cache = CallCache(tmp_path / f"{k}-{len(got)}-{id(eps)}.sqlite")
+            got[k] = margins(Scorer("tiny", None, "fspo"), eps, pool, cache, 512, {}, 3, queries_per_tree=k)
+        assert got[8][1:] == got[1][1:]  # same episodes, users and shots kept
+        assert got[8][0] == pytest.approx(got[1][0], abs=1e-4)
+        assert [m > 0 for m in got[8][0]] == [m > 0 for m in got[1][0]]

@@ -7,6 +7,15 @@ Untrained model: the plain log-likelihood comparison s(y_w) > s(y_l), mean-reduc
 counts as wrong. Log-probs are cached by (model fingerprint, token ids), so the base model scored
 once serves as the reference of every run trained from it, and a zero-shot layout is scored once
 for the whole curve.
+
+Episodes whose prompts start alike (the same user's queries with the same shots) are scored as
+shared-shot trees (``queries_per_tree``, default 8; :func:`fspo.train.packing.collate_trees`): the
+shots run once per tree. This is exact (the same log-probs as separate episodes within float
+rounding, tests/test_trees.py), so the scores do not depend on it, and it changes neither which
+episodes nor which shots are scored: the episodes are the caller's. It saves time only where
+episodes share their shots; :func:`fspo.eval.generate.select_episodes` samples each query's shots
+separately, so its episodes share (almost) nothing and score at the same speed as before
+(``bench/eval_trees.py`` measures both kinds).
 """
 
 from __future__ import annotations
@@ -43,11 +52,21 @@ def _pair_key(fingerprint: str, pair: TokenizedPair, side: str) -> str:
     return hashlib.sha256(json.dumps(["logp", fingerprint, ids]).encode()).hexdigest()
 
 
+QUERIES_PER_TREE = 8
+
+
 def sequence_logps(
-    spec: str, pairs: Sequence[TokenizedPair], pool: ModelPool, cache: CallCache, batch_size: int = 4
+    spec: str,
+    pairs: Sequence[TokenizedPair],
+    pool: ModelPool,
+    cache: CallCache,
+    batch_size: int = 4,
+    queries_per_tree: int = QUERIES_PER_TREE,
 ) -> list[tuple[list[float], list[float]]]:
     """Per pair: ([sum, tokens] of chosen, [sum, tokens] of rejected) under model ``spec``, cached;
-    only the tokens where the two completions differ count (as in training)."""
+    only the tokens where the two completions differ count (as in training). Each forward takes
+    ``batch_size`` rows: trees of up to ``queries_per_tree`` pairs that share their prompt's start
+    (1: one pair per row)."""
     pairs = [p.preference_view() for p in pairs]
     fp = model_fingerprint(spec)
     keys = [(_pair_key(fp, p, "c"), _pair_key(fp, p, "r")) for p in pairs]
@@ -57,15 +76,19 @@ def sequence_logps(
         import torch
 
         from fspo.train.batching import pair_logps
+        from fspo.train.packing import tree_groups
 
         model, tok = pool.get(spec)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        for start in range(0, len(todo), batch_size):
-            chunk = [pairs[i] for i in todo[start : start + batch_size]]
-            with torch.no_grad():  # one shared-prefix sequence per pair: the prompt runs once
-                sc, sr = pair_logps(model, chunk, pad, "sum", model.device, shared_prefix=True)
+        # rows: trees of pairs with a common prompt start (singletons when nothing is shared)
+        rows = [[todo[j] for j in g] for g in tree_groups([pairs[i] for i in todo], max(1, queries_per_tree))]
+        for start in range(0, len(rows), batch_size):
+            idx = [i for row in rows[start : start + batch_size] for i in row]
+            chunk = [pairs[i] for i in idx]
+            with torch.no_grad():  # one shared-prefix sequence per pair or tree: the prompt runs once
+                sc, sr = pair_logps(model, chunk, pad, "sum", model.device, True, max(1, queries_per_tree))
             new = {}
-            for j, i in enumerate(todo[start : start + batch_size]):
+            for j, i in enumerate(idx):
                 new[keys[i][0]] = [float(sc[j]), float(len(pairs[i].chosen_ids))]
                 new[keys[i][1]] = [float(sr[j]), float(len(pairs[i].rejected_ids))]
             cache.put_many(new)
@@ -85,16 +108,17 @@ def margins(
     max_length: int,
     descriptions: dict[str, str],
     batch_size: int = 4,
+    queries_per_tree: int = QUERIES_PER_TREE,
 ) -> tuple[list[float], list[str], list[int]]:
     """(h or log-likelihood margin per kept episode, their user ids, shots kept per episode)."""
     tok = pool.tokenizer(scorer.spec)
     enc = EpisodeTokenizer(tok, max_length, scorer.layout, scorer.chat_template, descriptions)
     pairs = [p for p in (enc.tokenize(e) for e in episodes) if p is not None]
-    pol = sequence_logps(scorer.spec, pairs, pool, cache, batch_size)
+    pol = sequence_logps(scorer.spec, pairs, pool, cache, batch_size, queries_per_tree)
     if scorer.reference:
         if pool.tokenizer(scorer.reference).get_vocab() != tok.get_vocab():
             raise ValueError(f"reference {scorer.reference} has a different tokenizer from {scorer.spec}")
-        ref = sequence_logps(scorer.reference, pairs, pool, cache, batch_size)
+        ref = sequence_logps(scorer.reference, pairs, pool, cache, batch_size, queries_per_tree)
     out = []
     for i, (c, r) in enumerate(pol):
         m = _reduce(c, scorer.reduction) - _reduce(r, scorer.reduction)
@@ -129,11 +153,12 @@ def reward_accuracy_curve(
     max_length: int,
     descriptions: dict[str, str],
     batch_size: int = 4,
+    queries_per_tree: int = QUERIES_PER_TREE,
 ) -> dict:
     """Accuracy for each N of ``episodes_by_shots`` (N -> the same queries with N shots each)."""
     points = {}
     for n_shots, eps in sorted(episodes_by_shots.items()):
-        m, users, kept = margins(scorer, eps, pool, cache, max_length, descriptions, batch_size)
+        m, users, kept = margins(scorer, eps, pool, cache, max_length, descriptions, batch_size, queries_per_tree)
         points[str(n_shots)] = accuracy_point(m, users, kept)
     return {
         "metric": scorer.metric,
