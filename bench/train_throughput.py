@@ -1,4 +1,5 @@
-"""Training throughput: fspo's trainer step (shared prefix) vs TRL's DPOTrainer, alternated in one run.
+"""Training throughput: fspo's trainer step (shared prefix, and shared-shot trees) vs TRL's DPOTrainer,
+alternated in one run.
 
 Both sides train the same model (the embedded SmolLM2-135M by default, fp32, full fine-tuning)
 with a separate frozen reference copy, on the same deterministic FSPO episodes, in the same
@@ -10,7 +11,8 @@ every round is a warm-up and is not timed.
 Definitions (printed with the results):
 - useful tokens: prompt + chosen + rejected of each pair (identical for both sides);
 - processed tokens: what the forward actually runs (TRL: 2·prompt + chosen + rejected + padding;
-  fspo: prompt + chosen + rejected + padding);
+  fspo: prompt + chosen + rejected + padding; fspo-trees: each tree's shots once, then every
+  query's rest of the prompt and both answers, + padding);
 - GFLOP/s: 8·params·processed_tokens / s (6·N·T for the policy forward+backward, 2·N·T for the
   reference forward; attention FLOPs ignored), against a torch.mm roofline measured in this run;
 - peak memory: CPU: the highest process RSS sampled every 2 ms during the side's timed steps
@@ -20,6 +22,13 @@ Definitions (printed with the results):
     python bench/train_throughput.py                  # 0, 2, 4, 8 shots; last line speedup_vs_trl=X.XX (8 shots)
     python bench/train_throughput.py --shots 8 --rounds 1 --steps 1 --grad-ckpt
     python bench/train_throughput.py --device cuda --dtype bfloat16   # on a GPU
+    python bench/train_throughput.py --shots 8 --rounds 1 --steps 1 --trees 4 --batch-size 4
+
+``--trees K``: the pairs come from shared-shot tree episodes (K queries of a user share one set of
+shots; ``fspo.data.episodes.build_tree_episodes``), and the side ``fspo-trees`` (the trainer with
+``data.queries_per_tree K``) runs next to fspo (shared prefix) and TRL on the *same* pairs in the
+same order (a batch holds whole trees when the batch size is a multiple of K). The last lines
+then print ``speedup_vs_trl_shared_prefix``, ``speedup_vs_trl_trees`` and ``speedup_vs_trl`` (trees).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from fspo.data.episodes import build_episodes  # noqa: E402
+from fspo.data.episodes import build_episodes, build_tree_episodes  # noqa: E402
 from fspo.data.schema import PreferenceRecord  # noqa: E402
 from fspo.data.truncation import EpisodeTokenizer, TokenizedPair  # noqa: E402
 
@@ -118,12 +127,18 @@ def synthetic_records(users: int = 4, per_user: int = 12, words: int = 28, seed:
     return rows
 
 
-def bench_pairs(tokenizer, shots: int, n_pairs: int, words: int, seed: int = 0) -> list[TokenizedPair]:
+def bench_pairs(tokenizer, shots: int, n_pairs: int, words: int, seed: int = 0, trees: int = 0) -> list[TokenizedPair]:
     records = synthetic_records(words=words, seed=seed)
-    episodes, _ = build_episodes(records, n_shots=shots, resamples=1, seed=seed, short_users="skip")
-    pairs, report = EpisodeTokenizer(tokenizer, max_length=100_000).tokenize_all(episodes)
+    enc = EpisodeTokenizer(tokenizer, max_length=100_000)
+    if trees:  # whole trees in a seeded order, each tree's pairs together
+        groups, _ = build_tree_episodes(records, shots, trees, resamples=1, seed=seed, short_users="skip")
+        random.Random(seed).shuffle(groups)
+        pairs, _ = enc.tokenize_all([e for g in groups for e in g])
+    else:
+        episodes, _ = build_episodes(records, n_shots=shots, resamples=1, seed=seed, short_users="skip")
+        pairs, report = enc.tokenize_all(episodes)
+        random.Random(seed).shuffle(pairs)
     assert all(p.n_shots == shots for p in pairs), "an episode lost shots"
-    random.Random(seed).shuffle(pairs)
     if len(pairs) < n_pairs:
         pairs = (pairs * (n_pairs // len(pairs) + 1))[:n_pairs]
     return pairs[:n_pairs]
@@ -139,7 +154,12 @@ def trl_processed_tokens(pairs) -> int:
     return 2 * len(pairs) * width
 
 
-def fspo_processed_tokens(pairs, layout: str) -> int:
+def fspo_processed_tokens(pairs, layout: str, trees: int = 1) -> int:
+    if trees > 1:
+        from fspo.train.packing import collate_trees, tree_groups
+
+        views = [p.preference_view() for p in pairs]
+        return int(collate_trees(views, tree_groups(views, trees), 0).input_ids.numel())
     lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     return sum(lengths) if layout == "packed" else len(pairs) * max(lengths)
 
@@ -272,11 +292,12 @@ class FspoSide:
 
     def run_round(self, batches, stats: SideStats, warmup: int, layout: str) -> None:
         self.policy.train()
+        trees = self.cfg.data.queries_per_tree
         with PeakMemory(self.device) as mem:
             for i, pairs in enumerate(batches):
                 seconds = self.step(pairs)
                 if i >= warmup:
-                    stats.add(seconds, pairs, fspo_processed_tokens(pairs, layout))
+                    stats.add(seconds, pairs, fspo_processed_tokens(pairs, layout, trees))
         stats.peak_mb = max(stats.peak_mb, mem.peak / 2**20)
         stats.delta_mb = max(stats.delta_mb, (mem.peak - mem.base) / 2**20)
 
@@ -391,7 +412,13 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--layout", default="rows", choices=["rows", "packed"], help="fspo shared-prefix layout")
-    ap.add_argument("--sides", default="fspo,trl", help="any of fspo, fspo-naive (separate rows), trl")
+    ap.add_argument(
+        "--sides",
+        default=None,
+        help="any of fspo, fspo-trees, fspo-naive (separate rows), trl (default: fspo,trl; with --trees "
+        "fspo-trees,fspo,trl)",
+    )
+    ap.add_argument("--trees", type=int, default=0, help="K > 1: pairs from shared-shot trees of K queries (see above)")
     ap.add_argument("--grad-ckpt", action="store_true", help="also measure fspo with gradient checkpointing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: GPUs only")
@@ -419,7 +446,9 @@ def main(argv=None) -> None:
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     shots_list = [int(s) for s in args.shots.split(",")]
-    sides = args.sides.split(",")
+    sides = (args.sides or ("fspo-trees,fspo,trl" if args.trees > 1 else "fspo,trl")).split(",")
+    if "fspo-trees" in sides and args.trees < 2:
+        raise SystemExit("the fspo-trees side needs --trees K (K >= 2)")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device_name}; dtype {args.dtype}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     roofline = matmul_roofline(args.device, dtype)
@@ -437,8 +466,10 @@ def main(argv=None) -> None:
     for s in sides:
         cfg = TrainConfig()
         cfg.loss.reduction, cfg.loss.beta, cfg.optim.lr = "mean", args.beta, args.lr
-        cfg.optim.shared_prefix = s == "fspo"
-        if s in ("fspo", "fspo-naive"):
+        cfg.optim.shared_prefix = s in ("fspo", "fspo-trees")
+        if s == "fspo-trees":
+            cfg.data.queries_per_tree = args.trees
+        if s in ("fspo", "fspo-naive", "fspo-trees"):
             runners[s] = FspoSide(*models[s], cfg, pad_id, args.device)
         elif s == "trl":
             import tempfile
@@ -457,7 +488,7 @@ def main(argv=None) -> None:
     results = []
     header = f"{'shots':>5} {'tok/pair':>8} {'side':>10} {'step s':>7} {'tok/s':>7} {'pairs/s':>7} {'GFLOP/s':>7} {'%roof':>6} {'peak MB':>8} {'step MB':>8}"
     for shots in shots_list:
-        pairs = bench_pairs(tok, shots, args.batch_size * per_round * args.rounds, args.words)
+        pairs = bench_pairs(tok, shots, args.batch_size * per_round * args.rounds, args.words, trees=args.trees)
         batches = [pairs[i : i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
         mean_tok = useful_tokens(pairs) / len(pairs)
         mean_prompt = sum(len(p.prompt_ids) for p in pairs) / len(pairs)
@@ -488,6 +519,11 @@ def main(argv=None) -> None:
         if "fspo" in sides and "trl" in sides:
             row["speedup_vs_trl"] = row["fspo"]["pairs_per_s"] / row["trl"]["pairs_per_s"]
             print(f"  speedup fspo vs TRL at {shots} shots: {row['speedup_vs_trl']:.2f}x", flush=True)
+        if "fspo-trees" in sides and "trl" in sides:
+            row["speedup_vs_trl_shared_prefix"] = row.get("speedup_vs_trl")
+            row["speedup_vs_trl_trees"] = row["fspo-trees"]["pairs_per_s"] / row["trl"]["pairs_per_s"]
+            row["speedup_vs_trl"] = row["speedup_vs_trl_trees"]
+            print(f"  speedup fspo-trees vs TRL at {shots} shots: {row['speedup_vs_trl_trees']:.2f}x", flush=True)
         results.append(row)
 
     gc_result = None
@@ -509,7 +545,11 @@ def main(argv=None) -> None:
             )
     final = [r for r in results if "speedup_vs_trl" in r]
     if final:
-        print(f"speedup_vs_trl={final[-1]['speedup_vs_trl']:.2f}")
+        last = final[-1]
+        for key in ("speedup_vs_trl_shared_prefix", "speedup_vs_trl_trees"):
+            if last.get(key) is not None:
+                print(f"{key}={last[key]:.2f}")
+        print(f"speedup_vs_trl={last['speedup_vs_trl']:.2f}")
 
 
 def grad_ckpt_cost(side: FspoSide, tok, shots: int, args) -> dict:
