@@ -10,7 +10,7 @@ OpenAI compatibility (docs/serving.md): ``/v1/chat/completions`` and ``/v1/compl
 with OpenAI's objects (completions without a user: the raw prompt continued, as vLLM does), stream
 as server-sent events (``stream=true``), report the prompt tokens served from the user's prefix
 cache as ``usage.prompt_tokens_details.cached_tokens``, and return ``n`` (1-8) choices, each
-sampled with seed ``seed + i``.
+sampled with seed ``seed + i`` (decoded together, in one batch).
 
 Limits (docs/serving.md): the credential is checked before a byte of the body is read, and the body
 is counted on the stream (1 MB), so an unauthenticated or chunked upload cannot grow the process.
@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -262,13 +263,16 @@ def _event_stream(
     info: Callable[[list[Personalized]], dict | None],
     per_prompt: int,
 ) -> Iterator[bytes]:
-    """Server-sent events for the choices generated one after another (``first`` is the first job's
-    stream, opened before the response started so that its errors were a 400), then ``data: [DONE]``."""
+    """Server-sent events for the choices, sent one after another (``first`` is the first job's
+    stream, opened before the response started so that its errors were a 400), then ``data: [DONE]``.
+    Every choice's stream is opened at once, so the engine decodes them together in one batch;
+    a client that leaves closes them all (their sequences leave the batch)."""
     outs: list[Personalized] = []
     extra = {"usage": None} if include_usage else {}
+    streams = [first]
     try:
-        for i, (_, open_stream) in enumerate(jobs):
-            stream = first if i == 0 else open_stream()
+        streams += [open_stream() for _, open_stream in jobs[1:]]
+        for i, stream in enumerate(streams):
             opening = choice(i, "", None, True)  # chat's role chunk; completions have none
             if opening is not None:
                 yield _sse(header | {"choices": [opening]} | extra)
@@ -285,6 +289,11 @@ def _event_stream(
             yield _sse(header | {"choices": [], "usage": _usage(outs, per_prompt)})
     except FspoError as exc:  # after the 200 went out, an error can only be an event
         yield _sse({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}})
+    finally:
+        for stream in streams:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
     yield _sse("[DONE]")
 
 
@@ -501,7 +510,11 @@ def create_app(engine: Engine, store: UserStore, admin_keys: list[str], model_na
     def respond(jobs: list[Job], stream: bool, max_new: int, per_prompt: int, info, **events):
         """The choices' results (a list), or for ``stream`` the server-sent events."""
         if not stream:
-            return [run() for run, _ in jobs]
+            if len(jobs) == 1:
+                return [jobs[0][0]()]
+            # The choices run at once so the engine decodes them together (one batch).
+            with ThreadPoolExecutor(max_workers=min(len(jobs), 16), thread_name_prefix="fspo-choice") as pool:
+                return list(pool.map(lambda job: job[0](), jobs))
         first = jobs[0][1]()  # opened now: a prompt that does not fit is a 400, not an event
         return _streaming(_event_stream(jobs, first, max_new, info=info, per_prompt=per_prompt, **events))
 

@@ -261,18 +261,35 @@ class Engine:
 
     # ---- generation ----------------------------------------------------------------------
     def _submit(
-        self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, stops, stream: bool
+        self,
+        user_id: str,
+        rendered: Rendered,
+        params: GenerationParams,
+        use_cache: bool,
+        stops,
+        stream: bool,
+        start: float | None = None,
     ) -> Job:
         prefix = None
         if use_cache and rendered.prefix_text:
             version = self.cache.version(user_id)
             prefix = lambda: self._cached_prefix(user_id, rendered, version)  # noqa: E731 (runs in the scheduler)
         job = Job(list(rendered.ids), params, tuple(stops), stream=stream, prefix=prefix)
+        if start is not None:  # the time to first token counts from the request (rendering included)
+            job.submitted = start
         return self.batcher.submit(job)
 
-    def _run(self, user_id: str, rendered: Rendered, params: GenerationParams, use_cache: bool, stops=STOP_STRINGS):
+    def _run(
+        self,
+        user_id: str,
+        rendered: Rendered,
+        params: GenerationParams,
+        use_cache: bool,
+        stops=STOP_STRINGS,
+        start: float | None = None,
+    ) -> Done:
         """One generation through the scheduler (and the user's prefix cache): a :class:`Done`."""
-        return self._submit(user_id, rendered, params, use_cache, stops, stream=False).wait()
+        return self._submit(user_id, rendered, params, use_cache, stops, stream=False, start=start).wait()
 
     def _finish(self, rendered: Rendered, extract, done: Done, start: float) -> Personalized:
         raw, answer, description = extract(self.tokenizer.decode(done.new_ids, skip_special_tokens=True))
@@ -304,7 +321,8 @@ class Engine:
         layout = layout or self.info.layout
         start = time.perf_counter()
         rendered = self._render_for(user_id if use_cache else "", shots, question, params.max_new_tokens, layout)
-        return self._finish(rendered, _personalized(layout), self._run(user_id, rendered, params, use_cache), start)
+        done = self._run(user_id, rendered, params, use_cache, start=start)
+        return self._finish(rendered, _personalized(layout), done, start)
 
     def stream(
         self,
@@ -327,7 +345,7 @@ class Engine:
         start = time.perf_counter()
         rendered = self._render_for(user_id if use_cache else "", shots, question, params.max_new_tokens, layout)
         extract = _personalized(layout)
-        job = self._submit(user_id, rendered, params, use_cache, STOP_STRINGS, stream=True)
+        job = self._submit(user_id, rendered, params, use_cache, STOP_STRINGS, stream=True, start=start)
         return self._stream(job, rendered, extract, lambda text: extract(text)[1], start)
 
     # ---- raw completion (the model as a plain completions engine) -------------------------
@@ -347,7 +365,9 @@ class Engine:
         params = params or GenerationParams()
         start = time.perf_counter()
         rendered = self.render_raw(text, params.max_new_tokens)
-        return self._finish(rendered, _raw(params.stop), self._run("", rendered, params, False, params.stop), start)
+        return self._finish(
+            rendered, _raw(params.stop), self._run("", rendered, params, False, params.stop, start), start
+        )
 
     def stream_complete(self, text: str, params: GenerationParams | None = None) -> Iterator[str | Personalized]:
         """:meth:`complete`, streamed like :meth:`stream` (a possible stop string's start is held back)."""
@@ -361,7 +381,7 @@ class Engine:
             held = max((k for stop in params.stop for k in range(1, len(stop)) if answer.endswith(stop[:k])), default=0)
             return answer[: len(answer) - held]
 
-        job = self._submit("", rendered, params, False, params.stop, stream=True)
+        job = self._submit("", rendered, params, False, params.stop, stream=True, start=start)
         return self._stream(job, rendered, extract, settled, start)
 
     def _stream(self, job: Job, rendered: Rendered, extract, settled, start: float):
