@@ -246,3 +246,50 @@ def test_no_cross_user_leakage_in_a_batch(engine: Engine) -> None:
         cached_text = engine.tokenizer.decode(entry.ids)
         assert f"zq{u.removeprefix('leak')}x" in cached_text
         assert not any(f"zq{o.removeprefix('leak')}x" in cached_text for o in users if o != u)
+
+
+def test_http_concurrent_users_and_n_choices_are_batched(engine: Engine, tmp_path) -> None:
+    """Through the HTTP API: concurrent users' requests and one request's ``n`` choices are decoded
+    together, and each answer is the one that user gets alone."""
+    import httpx
+
+    from fspo.serve.api import create_app
+    from fspo.serve.live import serve_in_thread
+    from fspo.serve.users import UserStore
+
+    admin = {"Authorization": "Bearer admin-secret"}
+    app = create_app(engine, UserStore(tmp_path / "s.sqlite"), ["admin-secret"], model_name="tiny")
+    users = [f"h{i}" for i in range(4)]
+    body = {"question": "Any film?", "max_new_tokens": 24}
+    with serve_in_thread(app) as base:
+        for u in users:
+            prefs = [
+                {"prompt": f"Film {u} {j}?", "chosen": f"Bright {u} {j}.", "rejected": f"Dull {j}."} for j in range(3)
+            ]
+            r = httpx.post(f"{base}/v1/users/{u}/preferences", json={"preferences": prefs}, headers=admin)
+            assert r.status_code == 201
+        alone = {
+            u: httpx.post(f"{base}/v1/users/{u}/generate", json=body, headers=admin, timeout=60).json() for u in users
+        }
+        engine.batcher.max_rows_seen = 0
+        got: dict[str, dict] = {}
+
+        def ask(u: str) -> None:
+            got[u] = httpx.post(f"{base}/v1/users/{u}/generate", json=body, headers=admin, timeout=60).json()
+
+        threads = [threading.Thread(target=ask, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert {u: got[u]["answer"] for u in users} == {u: alone[u]["answer"] for u in users}
+        engine.batcher.max_rows_seen = 0
+        chat = {"model": "tiny", "user": "h0", "n": 3, "max_tokens": 16, "temperature": 1.0, "seed": 5}
+        chat["messages"] = [{"role": "user", "content": "Any film?"}]
+        out = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=admin, timeout=60).json()
+        assert len(out["choices"]) == 3 and engine.batcher.max_rows_seen >= 2
+        for i, choice in enumerate(out["choices"]):  # choice i is seed + i, as when run alone
+            one = httpx.post(
+                f"{base}/v1/chat/completions", json=chat | {"n": 1, "seed": 5 + i}, headers=admin, timeout=60
+            ).json()
+            assert choice["message"]["content"] == one["choices"][0]["message"]["content"]
