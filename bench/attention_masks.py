@@ -1,5 +1,6 @@
 """Attention with a tree mask on this CPU: SDPA with an additive float mask, SDPA with a boolean mask,
-and torch's flex_attention with a block mask (eager and torch.compile'd), forward + backward.
+and torch's flex_attention with a block mask (eager and torch.compile'd): forward, and forward +
+backward where the kernel has one (flex_attention has no CPU backward in torch 2.13).
 
 The shape is SmolLM2-135M's attention (9 query heads, 3 key/value heads, head dim 64) over one
 8-shot tree row: a trunk of ``--trunk`` tokens, then ``--queries`` branches of ``--branch`` tokens
@@ -80,23 +81,31 @@ def main(argv=None) -> None:
         f"of the L^2 scores; {args.layers} attention calls (fwd+bwd) per timing, best of {args.repeats}"
     )
 
-    def run(attend):
+    def run(attend, backward: bool):
         def go():
             for _ in range(args.layers):
-                out = attend()
-                out.backward(grad)
+                if backward:
+                    attend().backward(grad)
+                else:
+                    with torch.no_grad():
+                        attend()
             q.grad = k.grad = v.grad = None
 
         return go
 
-    results = {}
-
     def sdpa(mask):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
-    results["sdpa_additive"] = best(run(lambda: sdpa(add_mask)), args.repeats)
-    results["sdpa_bool"] = best(run(lambda: sdpa(bool_mask)), args.repeats)
-    ref = sdpa(add_mask).detach()
+    results = {}  # (name, pass) -> best seconds
+    for name, mask in (("sdpa_additive", add_mask), ("sdpa_bool", bool_mask)):
+        for backward in (False, True):
+            results[(name, "fwd+bwd" if backward else "fwd")] = best(
+                run(lambda m=mask: sdpa(m), backward), args.repeats
+            )
+    with torch.no_grad():
+        ref = sdpa(add_mask)
+        err_bool = float((sdpa(bool_mask) - ref).abs().max())
+    print(f"max |sdpa bool - sdpa additive| = {err_bool:.2e}")
 
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -107,29 +116,43 @@ def main(argv=None) -> None:
 
     t = time.perf_counter()
     block = create_block_mask(mask_mod, args.rows, None, n, n, device="cpu")
-    build_s = time.perf_counter() - t
-    print(f"block mask: built in {build_s:.2f} s; {block}".splitlines()[0])
-    flex_out = flex_attention(q, k, v, block_mask=block, enable_gqa=True).detach()
-    err = float((flex_out - ref).abs().max())
-    results["flex_eager"] = best(run(lambda: flex_attention(q, k, v, block_mask=block, enable_gqa=True)), args.repeats)
+    print(f"flex block mask: built in {time.perf_counter() - t:.2f} s; " + str(block).splitlines()[0])
+    try:
+        flex_attention(q, k, v, block_mask=block, enable_gqa=True).sum().backward()
+        print("flex_attention backward on CPU: works")
+    except NotImplementedError as exc:
+        print(f"flex_attention backward on CPU: {str(exc).splitlines()[0]}")
+    q.grad = k.grad = v.grad = None
+    qd, kd, vd = q.detach(), k.detach(), v.detach()  # flex_attention refuses CPU inputs that require grad
+    with torch.no_grad():
+        err = float((flex_attention(qd, kd, vd, block_mask=block, enable_gqa=True) - ref).abs().max())
+    results[("flex_eager", "fwd")] = best(
+        run(lambda: flex_attention(qd, kd, vd, block_mask=block, enable_gqa=True), False), args.repeats
+    )
     if not args.no_compile:
         compiled = torch.compile(flex_attention, dynamic=False)
         t = time.perf_counter()
         try:
-            compiled(q, k, v, block_mask=block, enable_gqa=True).sum().backward()
-            print(f"flex_attention compiled in {time.perf_counter() - t:.1f} s")
-            results["flex_compiled"] = best(
-                run(lambda: compiled(q, k, v, block_mask=block, enable_gqa=True)), args.repeats
+            with torch.no_grad():
+                out = compiled(qd, kd, vd, block_mask=block, enable_gqa=True)
+            print(f"flex_attention compiled (forward) in {time.perf_counter() - t:.1f} s")
+            err = max(err, float((out - ref).abs().max()))
+            results[("flex_compiled", "fwd")] = best(
+                run(lambda: compiled(qd, kd, vd, block_mask=block, enable_gqa=True), False), args.repeats
             )
-            err = max(err, float((compiled(q, k, v, block_mask=block, enable_gqa=True).detach() - ref).abs().max()))
         except Exception as exc:  # no C++ toolchain, or an inductor CPU limitation
             print(f"flex_attention compiled: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-    print(f"max |flex - sdpa| = {err:.2e}")
-    base = results["sdpa_additive"]
-    for name, s in results.items():
-        print(f"{name:>14}: {s / args.layers * 1e3:8.1f} ms per attention call (fwd+bwd), {base / s:5.2f}x additive")
-    fastest = min(results, key=results.get)
-    print(f"fastest={fastest}")
+    print(f"max |flex - sdpa additive| (forward) = {err:.2e}")
+    for kind in ("fwd", "fwd+bwd"):
+        base = results[("sdpa_additive", kind)]
+        for (name, k2), sec in results.items():
+            if k2 == kind:
+                print(
+                    f"{kind:>7} {name:>14}: {sec / args.layers * 1e3:8.1f} ms per attention call, "
+                    f"{base / sec:5.2f}x additive"
+                )
+        fastest = min((key for key in results if key[1] == kind), key=results.get)
+        print(f"fastest_{kind.replace('+', '_')}={fastest[0]}")
 
 
 if __name__ == "__main__":
