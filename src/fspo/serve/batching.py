@@ -18,6 +18,9 @@ next step. A sequence that finishes leaves the batch, and the padding nobody nee
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
+import os
 import queue
 import threading
 import time
@@ -75,6 +78,70 @@ def _cache_of(kv: KV):
         cache.update(k[..., :0, :], v[..., :0, :], i)  # sets the layer up (dtype, device)
         cache.layers[i].keys, cache.layers[i].values = k, v
     return cache
+
+
+@functools.cache
+def _rows_layer():
+    """The batch's KV layer class (made on first use, so importing this module does not import
+    transformers): preallocated buffers [rows, heads, capacity, dim] written in place, where a
+    ``DynamicLayer`` copies the whole cache into a new tensor at every step."""
+    from transformers.cache_utils import DynamicLayer
+
+    class RowsLayer(DynamicLayer):
+        def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
+            super().__init__()
+            self.kbuf, self.vbuf, self.length = kbuf, vbuf, length
+            self.is_initialized = True
+            self.device = kbuf.device
+            self._view()
+
+        def _view(self) -> None:
+            self.keys, self.values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            t = key_states.shape[-2]
+            if self.length + t > self.kbuf.shape[-2]:  # full: double the capacity
+                grow = max(t, self.kbuf.shape[-2])
+                self.kbuf = torch.cat([self.kbuf, _zeros_like(self.kbuf, grow)], dim=-2)
+                self.vbuf = torch.cat([self.vbuf, _zeros_like(self.vbuf, grow)], dim=-2)
+            self.kbuf[:, :, self.length : self.length + t] = key_states
+            self.vbuf[:, :, self.length : self.length + t] = value_states
+            self.length += t
+            self._view()
+            return self.keys, self.values
+
+        def select(self, index: torch.Tensor | None, cut: int) -> None:
+            """Keep the rows ``index`` (all if None) and drop the first ``cut`` token columns."""
+            if index is not None:
+                self.kbuf, self.vbuf = self.kbuf[index], self.vbuf[index]
+            if cut:
+                self.kbuf, self.vbuf = self.kbuf[:, :, cut:], self.vbuf[:, :, cut:]
+                self.length -= cut
+            self._view()
+
+    return RowsLayer
+
+
+def _zeros_like(buf: torch.Tensor, tokens: int) -> torch.Tensor:
+    shape = list(buf.shape)
+    shape[-2] = tokens
+    return buf.new_zeros(shape)
+
+
+@contextlib.contextmanager
+def _gqa_attention(on: bool):
+    """Let transformers' SDPA attention use grouped-query attention with a padding mask (it repeats
+    the keys and values per query head otherwise: a copy of the whole batch's KV at every step, most
+    of a decode step's time on a CPU). Exact on the CPU (the same kernel math); scoped to the call."""
+    name = "TRANSFORMERS_SDPA_FORCE_GQA"
+    if not on or name in os.environ:
+        yield
+        return
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _kv_of(cache) -> KV:
@@ -246,7 +313,8 @@ class Batcher:
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None):
         kwargs = {self.cache_kw: cache, "logits_to_keep": 1}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        with _gqa_attention(mask is not None and self.device.type == "cpu"):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float()
 
     @torch.no_grad()
@@ -274,24 +342,40 @@ class Batcher:
         return seq
 
     def _join(self, joined: list[_Seq]) -> None:
-        """Add prefilled sequences to the batch: every KV left-padded to the widest."""
-        old = self._cache is not None and bool(self._rows)
-        width = max([s.length for s in joined] + ([self._mask.shape[1]] if old else []))
-        masks = [_pad_left(self._mask, width)] if old else []
-        masks += [_pad_left(torch.ones(1, s.length, dtype=torch.long, device=self.device), width) for s in joined]
+        """Add prefilled sequences to the batch: every KV copied, left-padded, into new buffers as wide
+        as the widest plus room to grow."""
+        from transformers import DynamicCache
+
+        old = self._rows if self._cache is not None else []
+        old_width = self._mask.shape[1] if old else 0
+        width = max([s.length for s in joined] + [old_width])
+        rows = old + joined
+        room = max(s.job.params.max_new_tokens - len(s.new) for s in rows)
+        capacity = width + max(1, min(room, 256))
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        if old:
+            mask[: len(old), width - old_width :] = self._mask
+        for j, s in enumerate(joined, start=len(old)):
+            mask[j, width - s.length :] = 1
         layers = []
-        for i in range(len(joined[0].kv)):
-            ks = [_pad_left(self._kv_layer(i)[0], width)] if old else []
-            vs = [_pad_left(self._kv_layer(i)[1], width)] if old else []
-            ks += [_pad_left(s.kv[i][0], width) for s in joined]
-            vs += [_pad_left(s.kv[i][1], width) for s in joined]
-            layers.append((torch.cat(ks) if len(ks) > 1 else ks[0], torch.cat(vs) if len(vs) > 1 else vs[0]))
+        rows_layer = _rows_layer()
+        for i, (k0, v0) in enumerate(joined[0].kv):
+            kbuf = k0.new_zeros(len(rows), k0.shape[1], capacity, k0.shape[3])
+            vbuf = v0.new_zeros(len(rows), v0.shape[1], capacity, v0.shape[3])
+            if old:
+                keys, values = self._kv_layer(i)
+                kbuf[: len(old), :, width - old_width : width] = keys
+                vbuf[: len(old), :, width - old_width : width] = values
+            for j, s in enumerate(joined, start=len(old)):
+                kbuf[j, :, width - s.length : width] = s.kv[i][0][0]
+                vbuf[j, :, width - s.length : width] = s.kv[i][1][0]
+            layers.append(rows_layer(kbuf, vbuf, width))
         for s in joined:
             s.kv = None
-        self._rows = (self._rows if old else []) + joined
-        self._cache = _cache_of(layers)
-        self._mask = torch.cat(masks) if len(masks) > 1 else masks[0]
-        self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
+        cache = DynamicCache()
+        cache.layers = layers
+        self._rows, self._cache, self._mask = rows, cache, mask
+        self.max_rows_seen = max(self.max_rows_seen, len(rows))
 
     def _kv_layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self._cache.layers[i]
@@ -302,17 +386,17 @@ class Batcher:
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
+        index = None
         if len(keep) < len(self._rows):
             index = torch.tensor(keep, device=self.device)
             self._rows = [self._rows[i] for i in keep]
             self._mask = self._mask[index]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
         cut = self._mask.shape[1] - max(s.length for s in self._rows)
         if cut > 0:
             self._mask = self._mask[:, cut:]
+        if index is not None or cut > 0:
             for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[..., cut:, :], layer.values[..., cut:, :]
+                layer.select(index, max(cut, 0))
 
     @torch.no_grad()
     def _step(self) -> None:

@@ -157,6 +157,29 @@ def _replace_answer(result: Personalized, answer: str) -> Personalized:
     return replace(result, answer=answer)
 
 
+class _Stream:
+    """A streamed generation: iterates like the generator it wraps; ``close()`` (or being dropped)
+    cancels the request even before the first item was asked for (a generator that never started
+    would not run its ``finally``)."""
+
+    def __init__(self, items: Iterator, job: Job) -> None:
+        self._items = items
+        self._job = job
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self):
+        return next(self._items)
+
+    def close(self) -> None:
+        self._job.cancelled.set()
+        self._items.close()
+
+    def __del__(self) -> None:
+        self._job.cancelled.set()
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -346,7 +369,7 @@ class Engine:
         rendered = self._render_for(user_id if use_cache else "", shots, question, params.max_new_tokens, layout)
         extract = _personalized(layout)
         job = self._submit(user_id, rendered, params, use_cache, STOP_STRINGS, stream=True, start=start)
-        return self._stream(job, rendered, extract, lambda text: extract(text)[1], start)
+        return _Stream(self._stream(job, rendered, extract, lambda text: extract(text)[1], start), job)
 
     # ---- raw completion (the model as a plain completions engine) -------------------------
     def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
@@ -382,7 +405,7 @@ class Engine:
             return answer[: len(answer) - held]
 
         job = self._submit("", rendered, params, False, params.stop, stream=True, start=start)
-        return self._stream(job, rendered, extract, settled, start)
+        return _Stream(self._stream(job, rendered, extract, settled, start), job)
 
     def _stream(self, job: Job, rendered: Rendered, extract, settled, start: float):
         """Yield ``settled(text so far)`` as it grows, then the :class:`Personalized` result."""
