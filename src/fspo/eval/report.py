@@ -189,6 +189,46 @@ def _description_lines(result: dict) -> list[str]:
     return lines
 
 
+def _voice_lines(result: dict) -> list[str]:
+    """Voice: each row's MiniLM similarity to the person's real (held-out chosen) text, its difference to
+    the baseline, and sample answers next to the real text (fspo.eval.voice)."""
+    voice = result.get("voice")
+    if not voice or not voice.get("methods"):
+        return []
+    base = voice["baseline"]
+    level = int(100 * voice.get("ci_level", 0.95))
+    lines = [
+        "## Voice: answers vs the person's own text",
+        "",
+        "Mean MiniLM cosine similarity of each answer to the person's held-out real text (the query's chosen "
+        f"answer; for `fspo from-texts` data, what they wrote), and the paired difference to {base} on the same "
+        f"queries ({level}% bootstrap CI over users). Reference: the query's rejected text scores "
+        f"{_fmt(voice.get('reference_rejected'), pct=False)} (another person's answer, or the dispreferred one).",
+        "",
+        f"| method | similarity to real text | Δ vs {base} [{level}% CI] | closer than {base} | n |",
+        "|---|---|---|---|---|",
+    ]
+    for method, row in voice["methods"].items():
+        if "delta" in row:
+            lo, hi = row["delta_ci"]
+            ci = "" if any(v is None or math.isnan(v) for v in (lo, hi)) else f" [{lo:+.3f}, {hi:+.3f}]"
+            delta, closer = f"{row['delta']:+.3f}{ci}", _fmt(row["closer_than_baseline"])
+        else:
+            delta, closer = "(baseline)", ""
+        lines.append(f"| {method} | {_fmt(row['mean'], pct=False)} | {delta} | {closer} | {row['n']} |")
+    lines += (
+        ["", "Sample answers next to the person's real text (similarity in brackets):", ""]
+        if voice.get("samples")
+        else [""]
+    )
+    for s in voice.get("samples", []):
+        lines += [f"**{s['user_id']}: {_one_line(s['question'])}**", "", f"- real text: {_one_line(s['real'])}"]
+        for method, a in s["answers"].items():
+            lines.append(f"- {method} ({a['similarity']:.2f}): {_one_line(a['answer']) or '(empty)'}")
+        lines.append("")
+    return lines
+
+
 def render_markdown(result: dict) -> str:
     cfg = result["config"]
     base = cfg["baseline"]
@@ -255,6 +295,7 @@ def render_markdown(result: dict) -> str:
                 lines.append(f"| {m} | {c['metric']}, {c['reduction']} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["![reward accuracy vs shots](reward_accuracy_vs_shots.png)", ""]
+    lines += _voice_lines(result)
     lines += ["## Per-user win rates", ""]
     for method, wr in result["win_rate"].items():
         cells = ", ".join(f"{u}: {_fmt(s['win_rate'])} ({s['n']})" for u, s in wr["per_user"].items())

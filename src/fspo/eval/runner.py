@@ -380,6 +380,14 @@ def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
     win, kinds, comparisons = judge_against_baseline(cfg, plan, gens, flags, shot_texts, judge)
     timing["judge_s"] = time.perf_counter() - t
     write_jsonl(out / "comparisons.jsonl", comparisons)
+
+    from fspo.eval.voice import voice_scores  # voice: answers vs the person's own (held-out) text
+
+    t = time.perf_counter()
+    voice = voice_scores(plan.episodes, gens, cfg.baseline, min(cfg.n_boot, 1000), cfg.seed, cfg.ci_level)
+    timing["voice_s"] = time.perf_counter() - t
+    if voice is None:
+        plan.notes.append("voice score left out: the MiniLM model could not be loaded")
     if len(plan.users) < 5 and cfg.bootstrap_unit == "user":
         plan.notes.append(f"only {len(plan.users)} users: the user-level bootstrap CI is coarse")
 
@@ -398,6 +406,7 @@ def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
         "win_rate": win,
         "judge": judge_info,
         "reward_accuracy": reward,
+        "voice": voice,
         "notes": plan.notes,
         "timing": timing,
     }
