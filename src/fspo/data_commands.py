@@ -176,7 +176,8 @@ def run_from_texts(args: argparse.Namespace) -> int:
         printable(
             f"read {st['texts']} texts by {st['persons']} persons from {cfg.texts}; wrote {st['pairs']} pairs "
             f"(train {st['train_pairs']}, test {st['test_pairs']}; rejected: {kinds}) and "
-            f"{len(conv.users)} users ({len(st['heldout_persons'])} held out: {', '.join(st['heldout_persons'])}) "
+            f"{len(conv.users)} users ({len(st['heldout_persons'])} held out{': ' if st['heldout_persons'] else ''}"
+            f"{', '.join(st['heldout_persons'])}) "
             f"to {cfg.out}"
         )
     )

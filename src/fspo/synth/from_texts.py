@@ -14,7 +14,8 @@ Guarantees (tested in tests/test_from_texts.py):
 - whole persons are held out (``split: test`` on the user and all their rows); a training record's
   rejected text comes from a training row, so nothing a held-out person wrote (nor any row of a
   held-out prompt) reaches training, not even as the dispreferred side;
-- the output depends only on the input rows, the options and the seed (not on file order or time);
+- the pairs and splits depend only on the input rows, the options and the seed, not on the rows' order
+  (records are written by person, in input order, with the input line in ``meta.line``);
 - a bad input row is one ``FILE:LINE: field: message`` error before anything is written.
 """
 
