@@ -42,9 +42,11 @@ def _authors() -> dict[str, str]:
     return {t.text: t.person for t in read_texts(EXAMPLE)}
 
 
-def test_example_set_ships_with_the_package():
+def test_example_set_ships_with_the_package(tmp_path, monkeypatch):
     from fspo.config import PACKAGE_DIR
 
+    monkeypatch.chdir(tmp_path)
+    assert len(read_texts(EXAMPLE)) == 70  # examples/voices works from any directory
     texts = read_texts(str(PACKAGE_DIR / "examples" / "voices" / "texts.jsonl"))
     persons = {t.person for t in texts}
     assert 6 <= len(persons) <= 8 and len(texts) == 70

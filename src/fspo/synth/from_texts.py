@@ -25,7 +25,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fspo.config import Config, opt
@@ -191,17 +191,22 @@ class PromptSimilarity:
         self.method = "words"
         self._words = [_words(k) for k in self.keys]
 
-    def ranked(self, key: str) -> list[tuple[str, float]]:
-        """The other prompts, most similar first (ties: prompt text order), with their scores."""
+    def ranked(self, key: str) -> Iterator[tuple[str, float]]:
+        """The other prompts, most similar first (ties: prompt text order), with their scores; lazy,
+        so a caller that stops at the first usable prompt costs one sort, not a Python loop over all."""
+        import numpy as np
+
         self._prepare()
         i = self.index[key]
         if self._vectors is not None:
-            scores = [float(x) for x in (self._vectors @ self._vectors[i]).tolist()]
+            scores = (self._vectors @ self._vectors[i]).double().numpy()
         else:
             mine = self._words[i]
-            scores = [len(mine & w) / max(1, len(mine | w)) for w in self._words]
-        order = sorted((k for k in self.keys if k != key), key=lambda k: (-round(scores[self.index[k]], 6), k))
-        return [(k, scores[self.index[k]]) for k in order]
+            scores = np.array([len(mine & w) / max(1, len(mine | w)) for w in self._words])
+        # self.keys is sorted, so the index breaks ties in text order
+        for j in np.lexsort((np.arange(len(self.keys)), -np.round(scores, 6))):
+            if j != i:
+                yield self.keys[j], float(scores[j])
 
 
 # ----------------------------------------------------------------------------------------- pairing
