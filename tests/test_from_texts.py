@@ -269,8 +269,37 @@ BAD_LINES = [
 ]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(bad=st.sampled_from(BAD_LINES), at=st.integers(0, len(GOOD)), existing=st.booleans())
+_NOT_TEXT = st.one_of(
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_BLANK = st.text(alphabet=" \t\n\r\u200b\u200d\ufeff\u2060", min_size=0, max_size=5)
+
+
+@st.composite
+def _generated_bad_line(draw):
+    """A good row with one required field removed, of a wrong type, or blank (person_id: integers are
+    valid ids, so only other types)."""
+    row = {"person_id": "p", "prompt": "A question?", "text": "An answer."}
+    field = draw(st.sampled_from(["person_id", "prompt", "text"]))
+    how = draw(st.sampled_from(["missing", "type", "blank"]))
+    if how == "missing":
+        del row[field]
+    elif how == "type":
+        row[field] = draw(_NOT_TEXT)
+    else:
+        row[field] = draw(_BLANK)
+    return json.dumps(row), field
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    bad=st.one_of(st.sampled_from(BAD_LINES), _generated_bad_line()),
+    at=st.integers(0, len(GOOD)),
+    existing=st.booleans(),
+)
 def test_a_malformed_row_is_one_line_naming_file_line_and_field_and_nothing_is_written(bad, at, existing, capsys):
     line, fieldname = bad
     with tempfile.TemporaryDirectory() as tmp:
