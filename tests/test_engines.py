@@ -184,6 +184,9 @@ def _pairs(tag: str) -> dict:
     }
 
 
+FRONT_ENGINE: dict = {}
+
+
 @pytest.fixture(scope="module")
 def front(engine_url, tmp_path_factory):
     """``fspo serve --engine`` (a RemoteEngine) in front of the live engine; alice has the same pairs on both."""
@@ -191,6 +194,7 @@ def front(engine_url, tmp_path_factory):
 
     base, _ = engine_url
     remote = RemoteEngine.connect(f"{base}/v1#tiny", resolve_model("tiny").for_serving())
+    FRONT_ENGINE["remote"] = remote
     app = create_app(remote, UserStore(tmp_path_factory.mktemp("front") / "f.sqlite"), [FRONT_KEY], "fspo")
     with serve_in_thread(app) as url:
         for server, key in ((base, ENGINE_KEY), (url, FRONT_KEY)):
@@ -224,6 +228,19 @@ def test_serve_engine_answers_like_the_engine_itself(engine_url, front):
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(texts) >= 2 and "".join(texts) == want.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == want.usage.completion_tokens
+
+    # n=2 greedy choices, streamed together: both are the answer
+    parts = {0: "", 1: ""}
+    for chunk in fronted.chat.completions.create(stream=True, n=2, **kwargs):
+        for c in chunk.choices:
+            parts[c.index] += c.delta.content or ""
+    assert parts == {0: want.choices[0].message.content, 1: want.choices[0].message.content}
+
+    # a stream closed before its first piece is read frees the engine's connection
+    remote = FRONT_ENGINE["remote"]
+    opened = remote.stream("alice", [], "Hi?", None)
+    opened.close()
+    assert opened._pieces._response.response.is_closed
 
     # the legacy completions route, personalized and streamed
     plain = fronted.completions.create(model="fspo", prompt=ASK[0]["content"], user="alice", max_tokens=24)

@@ -109,6 +109,25 @@ def api_error(
     return FspoError(f"{url}: {type(exc).__name__}: {message}")
 
 
+class CompletionStream:
+    """The pieces of a streamed completion; ``close`` ends the HTTP stream, also before the first piece
+    was read (closing a generator that never started would not)."""
+
+    def __init__(self, pieces: Iterator, response) -> None:
+        self._pieces = pieces
+        self._response = response
+
+    def __iter__(self) -> CompletionStream:
+        return self
+
+    def __next__(self):
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._response.close()
+
+
 class OpenAIBackend:
     """Client of ``{base_url}/chat/completions`` and ``{base_url}/completions``.
 
@@ -188,7 +207,7 @@ class OpenAIBackend:
             raise self._error(exc, path) from None
         return Completion(apply_stops(text or "", params.stop), *_usage(out.usage), finish_reason=finish)
 
-    def stream_complete(self, prompt: str, params: GenerationParams) -> Iterator[str | Completion]:
+    def stream_complete(self, prompt: str, params: GenerationParams) -> CompletionStream:
         """A raw completion of ``prompt`` streamed: text pieces as they arrive, then the
         :class:`Completion` (its ``text`` is the pieces joined). The request is sent now, so a
         refused request raises here, before the first piece; closing the iterator closes the stream."""
@@ -198,7 +217,7 @@ class OpenAIBackend:
             )
         except Exception as exc:
             raise self._error(exc, "/completions") from None
-        return self._pieces(stream, params)
+        return CompletionStream(self._pieces(stream, params), stream)
 
     def _pieces(self, stream, params: GenerationParams) -> Iterator[str | Completion]:
         text, usage, finish = "", None, None

@@ -33,6 +33,25 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
+class _Closing:
+    """An iterator whose ``close`` also closes the engine's stream (a generator closed before its first
+    ``next`` would not run its ``finally``): a client that leaves early frees the engine."""
+
+    def __init__(self, events: Iterator, pieces) -> None:
+        self._events = events
+        self._pieces = pieces
+
+    def __iter__(self) -> _Closing:
+        return self
+
+    def __next__(self):
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        self._pieces.close()
+
+
 class RemoteEngine:
     """Personalized generation through an OpenAI-compatible completions endpoint serving ``info``'s model."""
 
@@ -214,7 +233,7 @@ class RemoteEngine:
                 result = replace(result, answer=sent)
             yield result
 
-        return events()
+        return _Closing(events(), pieces)
 
     def baseline(self, question: str, params: GenerationParams | None = None) -> Personalized:
         """The same model without the user's context (the zero-shot layout): a study's baseline arm."""
