@@ -424,3 +424,13 @@ def test_train_and_eval_on_converted_texts_report_the_voice_score(tmp_path):
         assert authors[s["real"]] == s["user_id"] and set(s["answers"]) == set(voice["methods"])
     report = (out / "report.md").read_text()
     assert "## Voice: answers vs the person's own text" in report and "- real text: " in report
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"texts: {EXAMPLE}\nsimilarity: words\nheldout_persons: 0.3\nseed: 5\nprogress: false\n")
+    out = tmp_path / "v"
+    assert main(["from-texts", "--config", str(cfg), "--out", str(out), "seed=2"]) == 0
+    summary = json.loads((out / "from_texts.json").read_text())
+    assert summary["config"]["heldout_persons"] == 0.3 and summary["config"]["seed"] == 2
+    assert len(summary["heldout_persons"]) == 2
