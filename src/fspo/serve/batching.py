@@ -171,6 +171,7 @@ class _Seq:
         self.length = len(job.ids)  # tokens in this sequence's KV once prefilled
         self.first_token: float | None = None
         self.cached = 0
+        self.kv: KV | None = None  # its own KV after the prefill, until it joins the batch
         params = job.params
         self.sample = params.temperature > 0
         self.generator = None
