@@ -4,8 +4,9 @@ Two arms start from the same model and train IPO with the trainer's own step (``
 backward, clipping, AdamW) on the same data:
 - ``separate``: separate episodes, shared prefix, ``--batch`` pairs per step;
 - ``trees``: ``data.queries_per_tree K``, ``--batch // K`` trees (up to ``--batch`` pairs) per step.
-Steps of the two arms alternate, so both see the same machine load, and each arm stops once its
-own step time reaches ``--seconds``. Then both are scored on the same held-out episodes (held-out
+Steps of the two arms alternate, so both see the same machine load, and an arm takes another step
+only while its step time so far plus its last step's time stays within ``--seconds`` (so neither
+arm overshoots the budget by a whole step). Then both are scored on the same held-out episodes (held-out
 users' preferences as queries, ``--eval-contexts`` shot samples each): correct when the implicit
 reward h > 0 against the frozen starting model.
 
@@ -109,11 +110,15 @@ def main(argv=None) -> None:
 
     t_start = time.perf_counter()
     rnd = 0
-    while any(a["used"] < args.seconds for a in arms.values()):
+
+    def more(a) -> bool:
+        return a["used"] + a.get("last", 0.0) <= args.seconds
+
+    while any(more(a) for a in arms.values()):
         order = list(arms) if rnd % 2 == 0 else list(arms)[::-1]
         for name in order:
             a = arms[name]
-            if a["used"] >= args.seconds:
+            if not more(a):
                 continue
             cfg, d = a["cfg"], a["data"]
             units = d.units
@@ -125,7 +130,8 @@ def main(argv=None) -> None:
             torch.nn.utils.clip_grad_norm_(a["policy"].parameters(), 1.0)
             a["opt"].step()
             a["opt"].zero_grad(set_to_none=True)
-            a["used"] += time.perf_counter() - t
+            a["last"] = time.perf_counter() - t
+            a["used"] += a["last"]
             a["steps"] += 1
             a["pairs"] += len(mine)
         rnd += 1
