@@ -28,9 +28,10 @@ shared-prefix sequence. The trunk is the pairs' longest common prompt prefix in 
 token keeps its separate-episode context and position whatever the pairs are (exactness does not
 depend on how they were grouped; the saving does).
 
-The mask goes to SDPA as a boolean tensor (True: may attend), and to eager attention as an additive
-float mask; ``bench/attention_masks.py`` measured both against ``flex_attention`` block masks on a
-CPU (docs/benchmarks.md).
+The mask goes to SDPA and eager attention as an additive float mask. ``bench/attention_masks.py``
+measured it against SDPA with a boolean mask (no faster: SDPA's CPU path turns it into a float
+mask in every layer) and ``flex_attention`` block masks (no CPU backward in torch 2.13, and its
+compiled forward was not faster either) for an 8-shot tree row (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -305,14 +306,6 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def model_mask(model, allowed: torch.Tensor) -> torch.Tensor:
-    """The 4D mask as the model's attention takes it: SDPA the boolean mask itself (no float copy
-    of [rows, 1, L, L]), eager attention an additive one."""
-    if attention_implementation(model) == "sdpa":
-        return allowed
-    return additive_mask(allowed, model_dtype(model))
-
-
 def attention_implementation(model) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) if config is not None else None
@@ -334,7 +327,7 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean"
     """(chosen, rejected) reduced log-probs from one forward over the shared-prefix batch."""
     out = model(
         input_ids=batch.input_ids,
-        attention_mask=model_mask(model, batch.allowed),
+        attention_mask=additive_mask(batch.allowed, model_dtype(model)),
         position_ids=batch.position_ids,
         logits_to_keep=batch.keep,
         use_cache=False,
