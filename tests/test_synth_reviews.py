@@ -145,13 +145,57 @@ def test_offtopic_pairs_at_the_configured_rate(data48):
 
 
 def test_offtopic_pairs_off_and_all(tmp_path):
-    none = load_data(synth(tmp_path / "none", 8, 6, offtopic_pairs=0.0))
+    none = load_data(synth(tmp_path / "none", 8, 6, offtopic_pairs=0.0, repetition_pairs=0.0))
     assert all(r.meta["kind"] == "style" for r in none.prefs) and len(none.prefs) == 8 * 6
     every = load_data(synth(tmp_path / "all", 8, 6, offtopic_pairs=1.0))
     off = [r for r in every.prefs if r.meta["kind"] == "offtopic"]
     train_users = [u for u, p in every.users.items() if p.split == "train"]
     assert len(off) == 6 * len(train_users)
     assert main(["validate", str(tmp_path / "all")]) == 0
+
+
+def test_repetition_pairs_loop_the_users_own_answer(data48):
+    _, data = data48
+    test_users = {u for u, p in data.users.items() if p.split == "test"}
+    heldout_q = {r.prompt for r in data.prefs if r.split == "test" and r.user_id not in test_users}
+    style = {(r.user_id, r.prompt): r for r in data.prefs if r.meta["kind"] == "style"}
+    reps = [r for r in data.prefs if r.meta["kind"] == "repetition"]
+    train_q = Counter(r.user_id for r in style.values() if r.split == "train")
+    assert len(reps) == sum(round(0.25 * n) for n in train_q.values()) > 0
+    for r in reps:
+        assert r.split == "train" and r.user_id not in test_users and r.prompt not in heldout_q
+        assert r.chosen == style[(r.user_id, r.prompt)].chosen  # the user's own preferred answer
+        assert r.meta["judge"] == "repetition" and r.chosen != r.rejected
+        said = [x.rstrip(".!?") for x in r.rejected.split(". ")]
+        assert len(set(said)) < len(said)  # a sentence said twice
+    long = [r for r in reps if r.chosen.count(". ") >= 2]
+    assert long and all(r.rejected.count(". ") == r.chosen.count(". ") for r in long)  # same sentence count
+
+
+def test_looped_repeats_one_sentence_in_place_of_the_rest():
+    import random
+
+    from fspo.synth.pipeline import looped
+
+    assert looped("Short one.", random.Random(0)) == "Short one. Short one."
+    assert looped("  ", random.Random(0)) is None
+    text = "A is good. B is bad. C is fine. D is odd."
+    for seed in range(20):
+        out = [x.rstrip(".") for x in looped(text, random.Random(seed)).split(". ")]
+        assert len(out) == 4 and out[0] == "A is good" and len(set(out)) < 4
+        at = len(set(out)) - 1
+        assert out[at:] == [out[at]] * (4 - at)
+
+
+def test_query_only_pairs_are_never_shots(data48):
+    from fspo.data.episodes import build_episodes, build_tree_episodes
+
+    _, data = data48
+    episodes, _ = build_episodes(data.prefs, n_shots=4, resamples=2)
+    kinds = Counter(r.meta["kind"] for e in episodes for r in e.shots)
+    assert set(kinds) == {"style"} and {e.query.meta["kind"] for e in episodes} >= {"offtopic", "repetition"}
+    trees, _ = build_tree_episodes(data.prefs, n_shots=4, queries_per_tree=4, resamples=2)
+    assert {r.meta["kind"] for t in trees for e in t for r in e.shots} == {"style"}
 
 
 def test_same_seed_same_bytes(tmp_path):

@@ -64,10 +64,25 @@ def group_by_user(records: Sequence[PreferenceRecord]) -> dict[str, list[Prefere
     return dict(groups)
 
 
+# Pairs synth adds to teach answering rather than taste (fspo.synth.pipeline): the off-topic pair
+# (rejected answers another question) and the repetition pair (rejected loops). Both sides are in
+# the user's preferred style, so as a shot they would say nothing about the user and take the place
+# of a pair that does; they are only ever queries.
+QUERY_ONLY_KINDS = frozenset({"offtopic", "repetition"})
+
+
+def shot_material(rec: PreferenceRecord) -> bool:
+    """Whether a pair may be shown as a shot: any pair except synth's query-only kinds."""
+    return rec.meta.get("kind") not in QUERY_ONLY_KINDS
+
+
 def eligible_shots(user_rows: Sequence[PreferenceRecord], query_index: int) -> list[PreferenceRecord]:
-    """The user's rows that may serve as shots for row ``query_index``: any other question."""
+    """The user's rows that may serve as shots for row ``query_index``: any other question's pair
+    that is :func:`shot_material`."""
     question = user_rows[query_index].prompt.strip()
-    return [r for i, r in enumerate(user_rows) if i != query_index and r.prompt.strip() != question]
+    return [
+        r for i, r in enumerate(user_rows) if i != query_index and r.prompt.strip() != question and shot_material(r)
+    ]
 
 
 def sample_shots(
@@ -172,7 +187,7 @@ def build_tree_episodes(
             for g in range(n_groups):
                 chunk = [rows[i] for i in order[g * len(order) // n_groups : (g + 1) * len(order) // n_groups]]
                 asked = {r.prompt.strip() for r in chunk}
-                pool = [r for r in rows if r.prompt.strip() not in asked]
+                pool = [r for r in rows if r.prompt.strip() not in asked and shot_material(r)]
                 if len(pool) < min_shots or (short_users == "skip" and len(pool) < n_shots):
                     summary.queries_skipped += len(chunk)
                     continue

@@ -27,6 +27,14 @@ class SynthConfig(Config):
         ge=0.0,
         le=1.0,
     )
+    repetition_pairs: float = opt(
+        0.25,
+        "share of each training user's training questions that get one extra repetition pair (meta.kind "
+        "'repetition'): chosen is the user's chosen answer, rejected the same answer with one of its sentences "
+        "repeated in place of what follows, so a loop is dispreferred; 0 turns them off",
+        ge=0.0,
+        le=1.0,
+    )
     backend: str = opt(
         "local",
         "local: in-process transformers; openai: any OpenAI-compatible server; scripted: rule-based fake for "

@@ -303,19 +303,11 @@ def offtopic_records(
     """
     if cfg.offtopic_pairs <= 0:
         return []
-    qid = {q["question"]: qi for qi, q in enumerate(questions)}
     items = {q["question"]: q.get("item") for q in questions}
-    by_user: dict[str, dict[str, PreferenceRecord]] = {}
-    for r in records:
-        if r.user_id in heldout_users or r.prompt.strip() in heldout_questions:
-            continue
-        by_user.setdefault(r.user_id, {}).setdefault(r.prompt, r)
     out: list[PreferenceRecord] = []
-    for user in sorted(by_user):
-        mine = by_user[user]
-        prompts = sorted(mine, key=lambda p: qid[p])
-        rng = random.Random(f"fspo-offtopic:{cfg.seed}:{user}")
-        picked = sorted(rng.sample(prompts, round(cfg.offtopic_pairs * len(prompts))), key=lambda p: qid[p])
+    for user, mine, prompts, picked, rng in _extra_pair_draws(
+        "offtopic", cfg.offtopic_pairs, cfg.seed, records, questions, heldout_users, heldout_questions
+    ):
         for prompt in picked:
             rec = mine[prompt]
             name = _name_words(items[prompt]) if items.get(prompt) else set()
@@ -343,6 +335,92 @@ def offtopic_records(
             }
             out.append(PreferenceRecord(user, prompt, rec.chosen, other.chosen, "train", meta))
     counts["pairs_offtopic"] = len(out)
+    return out
+
+
+def _extra_pair_draws(
+    kind: str,
+    share: float,
+    seed: int,
+    records: list[PreferenceRecord],
+    questions: list[dict],
+    heldout_users: set[str],
+    heldout_questions: set[str],
+):
+    """Per training user: (user, their training records by prompt, prompts in question order, the
+    drawn share of those prompts, the user's rng). Held-out users and questions are never drawn."""
+    qid = {q["question"]: qi for qi, q in enumerate(questions)}
+    by_user: dict[str, dict[str, PreferenceRecord]] = {}
+    for r in records:
+        if r.user_id in heldout_users or r.prompt.strip() in heldout_questions:
+            continue
+        by_user.setdefault(r.user_id, {}).setdefault(r.prompt, r)
+    for user in sorted(by_user):
+        mine = by_user[user]
+        prompts = sorted(mine, key=lambda p: qid[p])
+        rng = random.Random(f"fspo-{kind}:{seed}:{user}")
+        picked = sorted(rng.sample(prompts, round(share * len(prompts))), key=lambda p: qid[p])
+        yield user, mine, prompts, picked, rng
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def looped(answer: str, rng: random.Random) -> str | None:
+    """The answer with one sentence repeated in place of what follows it (same sentence count; a
+    one-sentence answer is said twice), or None when the answer has no sentence to repeat."""
+    sentences = [x for x in _SENTENCE_END.split(answer.strip()) if x]
+    if not sentences:
+        return None
+    if len(sentences) == 1:
+        return f"{sentences[0]} {sentences[0]}"
+    at = rng.randrange(len(sentences) - 1)
+    return " ".join(sentences[: at + 1] + [sentences[at]] * (len(sentences) - 1 - at))
+
+
+def repetition_records(
+    cfg: SynthConfig,
+    records: list[PreferenceRecord],
+    questions: list[dict],
+    heldout_users: set[str],
+    heldout_questions: set[str],
+    counts: Counter,
+) -> list[PreferenceRecord]:
+    """Pairs that make a loop dispreferred (``meta.kind: repetition``).
+
+    Small models trained on few-shot episodes tend to end a long answer by repeating a sentence
+    ("The Casa Verde is a clear letdown. The Casa Verde is a clear letdown. ..."); nothing in the
+    user's pairs says that is worse, because both of a pair's answers are fluent. For a share
+    ``cfg.repetition_pairs`` of each training user's training questions, one extra pair: chosen is
+    the user's chosen answer, rejected is the same answer with one sentence repeated in place of
+    the sentences after it (a one-sentence answer is said twice). Both sides share the user's style
+    and the start of the answer, so the only preference signal is "go on or stop, do not repeat".
+    Held-out users and questions get none.
+    """
+    if cfg.repetition_pairs <= 0:
+        return []
+    out: list[PreferenceRecord] = []
+    for user, mine, _, picked, rng in _extra_pair_draws(
+        "repetition", cfg.repetition_pairs, cfg.seed, records, questions, heldout_users, heldout_questions
+    ):
+        for prompt in picked:
+            rec = mine[prompt]
+            loop = looped(rec.chosen, rng)
+            if loop is None or same_answer(loop, rec.chosen):
+                counts["repetition_skipped_no_sentence"] += 1
+                continue
+            meta = {
+                **rec.meta,
+                "generator": rec.meta["chosen_generator"],
+                "judge": "repetition",
+                "consistent": True,
+                "p_chosen": 1.0,
+                "rejected_steer": rec.meta["chosen_steer"],
+                "rejected_generator": rec.meta["chosen_generator"],
+                "kind": "repetition",
+            }
+            out.append(PreferenceRecord(user, prompt, rec.chosen, loop, "train", meta))
+    counts["pairs_repetition"] = len(out)
     return out
 
 
@@ -437,7 +515,9 @@ def _run_synth(cfg: SynthConfig, llms: list, judge_llm=None) -> dict:
 
     records = to_records(domain, pairs, outcomes, judge_name, counts)
     held_u, held_q = heldout_sets(cfg, users, questions)
-    records += offtopic_records(cfg, records, questions, set(held_u), held_q, counts)
+    extra = offtopic_records(cfg, records, questions, set(held_u), held_q, counts)
+    extra += repetition_records(cfg, records, questions, set(held_u), held_q, counts)
+    records += extra
     records, users, heldout = split_records(cfg, records, users, questions, counts)
     ids = [u.user_id for u in users]
 
