@@ -170,7 +170,7 @@ def build_tree_episodes(
     min_shots = min(min_shots, n_shots)
     for user_id, rows in sorted(group_by_user(records).items()):
         rows = sorted(rows, key=lambda r: (r.prompt, r.chosen, r.rejected))
-        questions = {r.prompt.strip() for r in rows}
+        questions = {r.prompt.strip() for r in rows if shot_material(r)}  # questions a shot can come from
         k = max(1, min(queries_per_tree, len(questions) - n_shots))
         usable = len(questions) - 1  # shots a lone query could get: every other question
         if usable >= n_shots:

@@ -8,6 +8,7 @@ sees training rows, and :func:`fspo.data.splits.training_records` checks it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from fspo.data.episodes import Episode, EpisodeSummary, build_episodes, build_tree_episodes
 from fspo.data.io import load_data
@@ -32,7 +33,7 @@ class PreparedData:
     digest: str = ""  # of the loaded records (fspo.train.fingerprint.data_digest)
     trees: list[list[int]] | None = None  # data.queries_per_tree > 1: indices into train, one list per tree
 
-    @property
+    @cached_property
     def units(self) -> list[list[int]]:
         """What a micro-batch draws from: trees, or single pairs."""
         return self.trees if self.trees is not None else [[i] for i in range(len(self.train))]
