@@ -189,7 +189,59 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class Engine:
+class PromptRenderer:
+    """Prompt assembly shared by the in-process :class:`Engine` and the remote engine
+    (``fspo.serve.remote``): the same shot choice, fitting and encoding as training and eval.
+    Needs ``self.tokenizer`` and ``self.info`` (a :class:`ResolvedModel`)."""
+
+    tokenizer: object
+    info: ResolvedModel
+
+    def _encode(self, text: str) -> list[int]:
+        return list(encode_prompt(self.tokenizer, text))
+
+    def _shots_in(self, shots: Sequence[PreferenceRecord], spec) -> list[PreferenceRecord]:
+        return list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
+
+    def render(
+        self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
+    ) -> Rendered:
+        """The prompt for ``question`` with the most recent ``n_shots`` shots that fit ``max_length``
+        (the same fitting and encoding as training and eval). The question is never cut; if even
+        the bare question does not fit, that is the caller's error."""
+        spec = layout_of(layout or self.info.layout)
+        available = self._shots_in(shots, spec)
+        fitted = fit_generation_prompt(
+            self.tokenizer,
+            available,
+            question,
+            spec,
+            self.info.max_length - max_new_tokens,
+            self.info.chat_template,
+        )
+        if fitted is None:
+            n = len(self._encode(question))
+            raise FspoError(
+                f"the question is about {n} tokens; with {max_new_tokens} new tokens the prompt exceeds the model's "
+                f"max_length of {self.info.max_length}"
+            )
+        kept = available[len(available) - fitted.n_shots :]
+        shots_block = render_shots(kept, spec) if kept else ""
+        cut = fitted.text.find(shots_block) + len(shots_block) if shots_block else 0
+        return Rendered(fitted.text, fitted.text[:cut], list(fitted.ids), fitted.n_shots, len(list(shots)))
+
+    def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
+        """``text`` as the whole prompt (no shots added), or an error if it does not fit ``max_length``."""
+        ids = self._encode(text)
+        if len(ids) + max_new_tokens > self.info.max_length:
+            raise FspoError(
+                f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
+                f"max_length of {self.info.max_length}"
+            )
+        return Rendered(text, "", ids, 0, 0)
+
+
+class Engine(PromptRenderer):
     """Generate personalized answers from a user's preference pairs with one loaded model.
 
     Thread-safe: any number of threads may call :meth:`generate`, :meth:`stream` and the others at
@@ -230,39 +282,6 @@ class Engine:
         self.batcher.close()
 
     # ---- prompts -------------------------------------------------------------------------
-    def _encode(self, text: str) -> list[int]:
-        return list(encode_prompt(self.tokenizer, text))
-
-    def _shots_in(self, shots: Sequence[PreferenceRecord], spec) -> list[PreferenceRecord]:
-        return list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
-
-    def render(
-        self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
-    ) -> Rendered:
-        """The prompt for ``question`` with the most recent ``n_shots`` shots that fit ``max_length``
-        (the same fitting and encoding as training and eval). The question is never cut; if even
-        the bare question does not fit, that is the caller's error."""
-        spec = layout_of(layout or self.info.layout)
-        available = self._shots_in(shots, spec)
-        fitted = fit_generation_prompt(
-            self.tokenizer,
-            available,
-            question,
-            spec,
-            self.info.max_length - max_new_tokens,
-            self.info.chat_template,
-        )
-        if fitted is None:
-            n = len(self._encode(question))
-            raise FspoError(
-                f"the question is about {n} tokens; with {max_new_tokens} new tokens the prompt exceeds the model's "
-                f"max_length of {self.info.max_length}"
-            )
-        kept = available[len(available) - fitted.n_shots :]
-        shots_block = render_shots(kept, spec) if kept else ""
-        cut = fitted.text.find(shots_block) + len(shots_block) if shots_block else 0
-        return Rendered(fitted.text, fitted.text[:cut], list(fitted.ids), fitted.n_shots, len(list(shots)))
-
     def _render_for(
         self, user_id: str, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int, layout: str
     ) -> Rendered:
@@ -372,16 +391,6 @@ class Engine:
         return _Stream(self._stream(job, rendered, extract, lambda text: extract(text)[1], start), job)
 
     # ---- raw completion (the model as a plain completions engine) -------------------------
-    def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
-        """``text`` as the whole prompt (no shots added), or an error if it does not fit ``max_length``."""
-        ids = self._encode(text)
-        if len(ids) + max_new_tokens > self.info.max_length:
-            raise FspoError(
-                f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
-                f"max_length of {self.info.max_length}"
-            )
-        return Rendered(text, "", ids, 0, 0)
-
     def complete(self, text: str, params: GenerationParams | None = None) -> Personalized:
         """Continue ``text`` as given, cut at ``params.stop`` (no user, no shots, no answer parsing): what
         a vLLM-style completions endpoint returns, for clients that render FSPO prompts themselves."""

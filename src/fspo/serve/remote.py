@@ -18,14 +18,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
-from fspo.data.prompts import ZEROSHOT, layout_of, parse_generation, render_shots
+from fspo.data.prompts import ZEROSHOT, parse_generation
 from fspo.data.runs import ResolvedModel
 from fspo.data.schema import PreferenceRecord
-from fspo.data.truncation import encode_prompt, fit_generation_prompt
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams, apply_stops
 from fspo.llm.openai_compat import Completion, OpenAIBackend
-from fspo.serve.personalize import STOP_STRINGS, Personalized, Rendered
+from fspo.serve.personalize import STOP_STRINGS, Personalized, PromptRenderer, Rendered
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -52,7 +51,7 @@ class _Closing:
         self._pieces.close()
 
 
-class RemoteEngine:
+class RemoteEngine(PromptRenderer):
     """Personalized generation through an OpenAI-compatible completions endpoint serving ``info``'s model."""
 
     def __init__(self, backend: OpenAIBackend, tokenizer, info: ResolvedModel) -> None:
@@ -89,41 +88,6 @@ class RemoteEngine:
 
     def close(self) -> None:
         self.backend.close()
-
-    # ---- prompts (the same fitting and encoding as the in-process engine, training and eval) ---
-    def render(
-        self, shots: Sequence[PreferenceRecord], question: str, max_new_tokens: int = 128, layout: str | None = None
-    ) -> Rendered:
-        spec = layout_of(layout or self.info.layout)
-        available = list(shots)[-self.info.n_shots :] if self.info.n_shots and spec.shows_shots else []
-        fitted = fit_generation_prompt(
-            self.tokenizer,
-            available,
-            question,
-            spec,
-            self.info.max_length - max_new_tokens,
-            self.info.chat_template,
-        )
-        if fitted is None:
-            n = len(encode_prompt(self.tokenizer, question))
-            raise FspoError(
-                f"the question is about {n} tokens; with {max_new_tokens} new tokens the prompt exceeds the model's "
-                f"max_length of {self.info.max_length}"
-            )
-        kept = available[len(available) - fitted.n_shots :]
-        shots_block = render_shots(kept, spec) if kept else ""
-        cut = fitted.text.find(shots_block) + len(shots_block) if shots_block else 0
-        return Rendered(fitted.text, fitted.text[:cut], list(fitted.ids), fitted.n_shots, len(list(shots)))
-
-    def render_raw(self, text: str, max_new_tokens: int) -> Rendered:
-        """``text`` as the whole prompt (no shots added), or an error if it does not fit ``max_length``."""
-        ids = list(encode_prompt(self.tokenizer, text))
-        if len(ids) + max_new_tokens > self.info.max_length:
-            raise FspoError(
-                f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the model's "
-                f"max_length of {self.info.max_length}"
-            )
-        return Rendered(text, "", ids, 0, 0)
 
     # ---- generation ---------------------------------------------------------------------------
     @staticmethod
