@@ -166,9 +166,13 @@ def test_repetition_pairs_loop_the_users_own_answer(data48):
         assert r.split == "train" and r.user_id not in test_users and r.prompt not in heldout_q
         assert r.chosen == style[(r.user_id, r.prompt)].chosen  # the user's own preferred answer
         assert r.meta["judge"] == "repetition" and r.chosen != r.rejected
-        said = [x.rstrip(".!?") for x in r.rejected.split(". ")]
-        assert len(set(said)) < len(said)  # a sentence said twice
-    long = [r for r in reps if r.chosen.count(". ") >= 2]
+        if r.meta["repeated"] == "sentence":
+            said = [x.rstrip(".!?") for x in r.rejected.split(". ")]
+            assert len(set(said)) < len(said)  # a sentence said twice
+        else:
+            assert re.search(r"\b(\w+) and \1\b", r.rejected, re.I) and len(r.rejected.split()) == len(r.chosen.split())
+    assert {r.meta["repeated"] for r in reps} == {"sentence", "word"}
+    long = [r for r in reps if r.chosen.count(". ") >= 2 and r.meta["repeated"] == "sentence"]
     assert long and all(r.rejected.count(". ") == r.chosen.count(". ") for r in long)  # same sentence count
 
 
@@ -177,11 +181,17 @@ def test_looped_repeats_one_sentence_in_place_of_the_rest():
 
     from fspo.synth.pipeline import looped
 
-    assert looped("Short one.", random.Random(0)) == "Short one. Short one."
+    assert looped("Short one.", random.Random(0)) == ("Short one. Short one.", "sentence")
     assert looped("  ", random.Random(0)) is None
+    doubled = {looped("The service is warm and attentive.", random.Random(seed)) for seed in range(20)}
+    assert doubled == {
+        ("The service is warm and warm.", "word"),
+        ("The service is warm and attentive. The service is warm and attentive.", "sentence"),
+    }
+    assert looped("It is dull and dull.", random.Random(0))[1] == "sentence"  # no pair of two words
     text = "A is good. B is bad. C is fine. D is odd."
     for seed in range(20):
-        out = [x.rstrip(".") for x in looped(text, random.Random(seed)).split(". ")]
+        out = [x.rstrip(".") for x in looped(text, random.Random(seed))[0].split(". ")]
         assert len(out) == 4 and out[0] == "A is good" and len(set(out)) < 4
         at = len(set(out)) - 1
         assert out[at:] == [out[at]] * (4 - at)

@@ -364,18 +364,25 @@ def _extra_pair_draws(
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_AND_PAIR = re.compile(r"\b([A-Za-z]{3,}) and ([A-Za-z]{3,})\b")
 
 
-def looped(answer: str, rng: random.Random) -> str | None:
-    """The answer with one sentence repeated in place of what follows it (same sentence count; a
-    one-sentence answer is said twice), or None when the answer has no sentence to repeat."""
+def looped(answer: str, rng: random.Random) -> tuple[str, str] | None:
+    """A repetition of the answer and what was repeated: ``word`` (half the time, where the answer
+    joins two different words with "and": the first said twice, "dull and dull") or ``sentence``
+    (one sentence said again in place of every sentence after it, so the sentence count stays; a
+    one-sentence answer is said twice). None when there is nothing to repeat."""
+    pairs = [m for m in _AND_PAIR.finditer(answer) if m.group(1).lower() != m.group(2).lower()]
+    if pairs and rng.random() < 0.5:
+        m = rng.choice(pairs)
+        return answer[: m.start(2)] + m.group(1).lower() + answer[m.end(2) :], "word"
     sentences = [x for x in _SENTENCE_END.split(answer.strip()) if x]
     if not sentences:
         return None
     if len(sentences) == 1:
-        return f"{sentences[0]} {sentences[0]}"
+        return f"{sentences[0]} {sentences[0]}", "sentence"
     at = rng.randrange(len(sentences) - 1)
-    return " ".join(sentences[: at + 1] + [sentences[at]] * (len(sentences) - 1 - at))
+    return " ".join(sentences[: at + 1] + [sentences[at]] * (len(sentences) - 1 - at)), "sentence"
 
 
 def repetition_records(
@@ -392,9 +399,10 @@ def repetition_records(
     ("The Casa Verde is a clear letdown. The Casa Verde is a clear letdown. ..."); nothing in the
     user's pairs says that is worse, because both of a pair's answers are fluent. For a share
     ``cfg.repetition_pairs`` of each training user's training questions, one extra pair: chosen is
-    the user's chosen answer, rejected is the same answer with one sentence repeated in place of
-    the sentences after it (a one-sentence answer is said twice). Both sides share the user's style
-    and the start of the answer, so the only preference signal is "go on or stop, do not repeat".
+    the user's chosen answer, rejected is the same answer with a repetition (:func:`looped`): one
+    sentence repeated in place of the sentences after it, or one word of an "A and B" pair said twice
+    (the tic the first repetition-pair model showed: "dull and dull"). Both sides share the user's
+    style and nearly all words, so the only preference signal is "do not repeat".
     Held-out users and questions get none.
     """
     if cfg.repetition_pairs <= 0:
@@ -406,7 +414,7 @@ def repetition_records(
         for prompt in picked:
             rec = mine[prompt]
             loop = looped(rec.chosen, rng)
-            if loop is None or same_answer(loop, rec.chosen):
+            if loop is None or same_answer(loop[0], rec.chosen):
                 counts["repetition_skipped_no_sentence"] += 1
                 continue
             meta = {
@@ -418,8 +426,9 @@ def repetition_records(
                 "rejected_steer": rec.meta["chosen_steer"],
                 "rejected_generator": rec.meta["chosen_generator"],
                 "kind": "repetition",
+                "repeated": loop[1],
             }
-            out.append(PreferenceRecord(user, prompt, rec.chosen, loop, "train", meta))
+            out.append(PreferenceRecord(user, prompt, rec.chosen, loop[0], "train", meta))
     counts["pairs_repetition"] = len(out)
     return out
 
