@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from contextlib import contextmanager
 
 # Characters a terminal may act on or that cannot be encoded: escaped in every message, because
 # file names and values come from the user (a newline would split the line, ESC starts a colour code).
@@ -44,3 +45,16 @@ class DataError(FspoError):
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
         return printable(f"{where}: {self.field}: {self.message}")
+
+
+@contextmanager
+def loading(what: str, hint: str = ""):
+    """Turn a failure to load a model, tokenizer or checkpoint (not a model folder, corrupt weights)
+    into a one-line error: ``WHAT: ExcType: first line of its message; HINT``."""
+    try:
+        yield
+    except FspoError:
+        raise
+    except Exception as exc:
+        message = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise FspoError(f"{what}: {type(exc).__name__}: {message}" + (f"; {hint}" if hint else "")) from None

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fspo.errors import FspoError
+from fspo.errors import FspoError, loading
 
 if TYPE_CHECKING:
     from fspo.serve.config import ServeConfig
@@ -71,13 +71,8 @@ def load_engine(info, cache_users: int, device: str = "auto", dtype: str = "floa
     model, corrupt weights, a device this machine lacks)."""
     from fspo.serve.personalize import Engine
 
-    try:
+    with loading(f"{info.spec}: cannot load the model"):
         return Engine.load(info, cache_users=cache_users, device=device, dtype=dtype)
-    except FspoError:
-        raise
-    except Exception as exc:
-        message = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise FspoError(f"{info.spec}: cannot load the model: {type(exc).__name__}: {message}") from None
 
 
 def _user_shots(path: str, user: str | None):

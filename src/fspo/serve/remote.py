@@ -21,7 +21,7 @@ from dataclasses import replace
 from fspo.data.prompts import ZEROSHOT, parse_generation
 from fspo.data.runs import ResolvedModel
 from fspo.data.schema import PreferenceRecord
-from fspo.errors import FspoError
+from fspo.errors import FspoError, loading
 from fspo.llm.base import GenerationParams, apply_stops
 from fspo.llm.openai_compat import Completion, OpenAIBackend
 from fspo.serve.personalize import STOP_STRINGS, Personalized, PromptRenderer, Rendered
@@ -73,13 +73,8 @@ class RemoteEngine(PromptRenderer):
         backend = OpenAIBackend(ep.base_url, ep.model, timeout=timeout, max_retries=max_retries, option=option)
         if ep.model:
             served_models(backend.client, backend.base_url)  # reachable, and the key is accepted
-        try:
+        with loading(f"{info.spec}: cannot load the tokenizer"):
             tokenizer = load_tokenizer(info.spec)
-        except FspoError:
-            raise
-        except Exception as exc:
-            message = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise FspoError(f"{info.spec}: cannot load the tokenizer: {type(exc).__name__}: {message}") from None
         return cls(backend, tokenizer, info)
 
     @property

@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from fspo.data.io import lock_output, write_jsonl, write_text_atomic
 from fspo.data.runs import FINAL_DIR, PRESETS, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
-from fspo.errors import FspoError
+from fspo.errors import FspoError, loading
 from fspo.train import checkpoint as ckpt
 from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
 from fspo.train.config import TrainConfig
@@ -34,19 +34,6 @@ from fspo.train.data import PreparedData, prepare_training_data
 from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss, with_nll_terms
 from fspo.train.model_card import model_card
-
-
-@contextmanager
-def loading(what: str, hint: str = ""):
-    """Turn a failure to load a model, tokenizer or checkpoint (not a model folder, corrupt weights)
-    into a one-line error: ``WHAT: ExcType: first line of its message; HINT``."""
-    try:
-        yield
-    except FspoError:
-        raise
-    except Exception as exc:
-        message = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise FspoError(f"{what}: {type(exc).__name__}: {message}" + (f"; {hint}" if hint else "")) from None
 
 
 def set_seed(seed: int) -> None:
