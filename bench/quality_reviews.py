@@ -21,15 +21,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SCALES = {
-    "smoke": dict(users=12, questions=6, sft_steps=1, steps=2, eval_users=2, eval_queries=1),
-    # users, questions, sft steps, ipo steps, eval users, eval queries per user
-    "small": dict(users=24, questions=10, sft_steps=6, steps=40, eval_users=6, eval_queries=2),
-    "full": dict(users=48, questions=16, sft_steps=15, steps=80, eval_users=12, eval_queries=2),
+    # users, training-data share of random held-out users, questions, sft steps, ipo steps, eval users,
+    # eval queries per user. full: 240 users over the 8 combinations (30 each); the whole unseen
+    # combination plus 20% of the rest are held out, which leaves about 168 training users (issue 13:
+    # at least 150), and 12 held-out users x 4 queries = 48 answers per row.
+    "smoke": dict(users=16, heldout_users=0.25, questions=10, sft_steps=1, steps=2, eval_users=2, eval_queries=1),
+    "small": dict(users=48, heldout_users=0.25, questions=12, sft_steps=4, steps=10, eval_users=6, eval_queries=2),
+    "full": dict(users=240, heldout_users=0.2, questions=24, sft_steps=6, steps=30, eval_users=12, eval_queries=4),
 }
 HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose", "perspective": "impersonal"}
 """One of the reviews domain's 8 attribute combinations (sentiment x length x perspective), held out
 whole: every user with exactly these values is a test user, so training never sees the combination."""
-TARGETS = "fspo-ipo win rate >= 80%; reward accuracy >= 90%; rat >= ipo; 8 shots >= 4 shots; FSPO > fewshot, prefft"
+TARGETS = (
+    "issue 13, on held-out users of seen combinations: fspo-ipo (4) >= 80% and >= fewshot (4) + 10 points; "
+    "8 shots >= 4 shots; rat >= ipo with correct descriptions for >= 80% of users; reward accuracy >= 90%; "
+    "every trained row on-topic >= 95%"
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ def combo_user_ids(users, combo: dict[str, str] | None = None) -> set[str]:
 
 def build_data(out: Path, scale: dict, seed: int) -> Path:
     """Synthesize users; then hold out every user of HELDOUT_COMBO as well as the synth's random held-out users."""
+    from fspo.data.episodes import QUERY_ONLY_KINDS
     from fspo.data.io import load_data, write_jsonl
     from fspo.data.splits import assign_splits
     from fspo.synth.pipeline import SynthConfig, run_synth
@@ -79,7 +87,7 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
             questions=scale["questions"],
             out=raw,
             seed=seed,
-            heldout_users=0.25,
+            heldout_users=scale["heldout_users"],
             heldout_questions=0.2,
             embed=False,
         ),
@@ -89,9 +97,9 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
     combo_users = combo_user_ids(data.users.values())
     heldout = combo_users | {u.user_id for u in data.users.values() if u.split == "test"}
     heldout_q = {r.prompt for r in data.prefs if r.split == "test" and r.user_id not in heldout}
-    # synth gives off-topic pairs (meta.kind "offtopic") to its training users only; a user held out
-    # here keeps only the style pairs, like every other held-out user
-    kept = [r for r in data.prefs if not (r.user_id in heldout and r.meta.get("kind") == "offtopic")]
+    # synth gives query-only pairs (off-topic, repetition) to its training users only; a user held
+    # out here keeps only the style pairs, like every other held-out user
+    kept = [r for r in data.prefs if not (r.user_id in heldout and r.meta.get("kind") in QUERY_ONLY_KINDS)]
     prefs = assign_splits(kept, heldout, heldout_q)
     users = [replace(u, split="test" if u.user_id in heldout else "train") for u in data.users.values()]
     dest = out / "data"
@@ -106,15 +114,13 @@ def build_data(out: Path, scale: dict, seed: int) -> Path:
 
 def run_overrides(data: Path, scale: dict, seed: int, model: str = "smollm2") -> dict[str, dict]:
     """Each trained row's config overrides (bench/lora_vs_full.py reuses the fspo4 recipe)."""
+    from fspo.demo import RECIPE
+
     common = {
+        **RECIPE,  # the demo's recipe, chosen by issue 13's sweep on validation users
         "data.path": str(data),
         "model.name": model,
-        "optim.shared_prefix": True,
-        "optim.batch_size": 2,
-        "optim.lr": 1e-4,
-        "loss.beta": 0.1,
-        "loss.reduction": "mean",
-        "eval_every": 20,
+        "eval_every": max(scale["steps"] // 3, 1),
         "save_every": 10,
         "data.eval_episodes": 16,
         "seed": seed,
@@ -124,14 +130,24 @@ def run_overrides(data: Path, scale: dict, seed: int, model: str = "smollm2") ->
     runs = {
         "prefft": {
             "loss.name": "sft",
+            "loss.sft_weight": 0.0,
             "data.shots": 4,
-            "data.max_length": 640,
+            "data.max_length": 512,
+            "optim.lr": 1e-4,
             "optim.steps": scale["sft_steps"] + scale["steps"] // 2,
         },
-        "pooled": {"loss.name": "sft+ipo", "data.layout": "zeroshot", "data.shots": 0, "data.max_length": 256},
-        "fspo4": {"loss.name": "sft+ipo", "data.shots": 4, "data.max_length": 640},
-        "fspo8": {"loss.name": "sft+ipo", "data.shots": 8, "data.max_length": 1152},
-        "rat": {"loss.name": "sft+ipo", "data.layout": "rat", "data.shots": 4, "data.max_length": 700},
+        "pooled": {"data.layout": "zeroshot", "data.shots": 0, "data.max_length": 256},
+        "fspo4": {"data.shots": 4, "data.max_length": 512},
+        "fspo8": {"data.shots": 8, "data.max_length": 1024},
+        # RAT: the NLL term covers the whole chosen completion, user description included, at the
+        # weight the other rows give the answer (docs/training.md, description_weight)
+        "rat": {
+            "data.layout": "rat",
+            "data.shots": 4,
+            "data.max_length": 640,
+            "loss.sft_weight": 0.0,
+            "loss.description_weight": 0.5,
+        },
     }
     return {name: {**common, **overrides} for name, overrides in runs.items()}
 
@@ -222,8 +238,10 @@ def table(results: dict[int, dict], combo_users: set[str] = frozenset()) -> list
                 "attribute_match": (res["methods"][r.method].get("attribute_match") or {}).get("all"),
                 **{
                     k: (res["methods"][r.method].get("quality") or {}).get(k)
-                    for k in ("on_topic", "degenerate", "acceptable", "mean_base_nll")
+                    for k in ("on_topic", "degenerate", "acceptable", "mean_base_nll", "samples")
                 },
+                "description_accuracy": (res["methods"][r.method].get("description_accuracy") or {}).get("users"),
+                "trained": r.run is not None,
             }
         )
     return out
@@ -241,8 +259,8 @@ def render(rows: list[dict]) -> str:
     lines = [
         "| row | n | win rate vs base [95% CI] | W / T / L | sign-test p | win rate: unseen combo / seen combos "
         "| reward acc. (held-out users) | reward acc. (held-out questions) | attribute match "
-        "| on-topic | degenerate | acceptable | mean base NLL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| on-topic | degenerate | acceptable | mean base NLL | correct descriptions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = r["win_rate"] is None
@@ -257,21 +275,48 @@ def render(rows: list[dict]) -> str:
             f"| {r['row']} | {r['n']} | {wr} | {wtl} | {p} | {groups} | {_pct(r['reward_accuracy'])}{kind} | "
             f"{_pct(r['reward_accuracy_heldout_questions'])} | {_pct(r['attribute_match'])} | "
             f"{_pct(r.get('on_topic'))} | {_pct(r.get('degenerate'))} | {_pct(r.get('acceptable'))} | "
-            f"{'–' if r.get('mean_base_nll') is None else format(r['mean_base_nll'], '.2f')} |"
+            f"{'–' if r.get('mean_base_nll') is None else format(r['mean_base_nll'], '.2f')} | "
+            f"{_pct(r.get('description_accuracy'))} |"
         )
     return "\n".join(lines)
 
 
+def render_samples(rows: list[dict]) -> str:
+    """Three answers per row, the same queries for every row (read them: a judge's number is not enough)."""
+    lines = []
+    for r in rows:
+        lines.append(f"**{r['row']}**")
+        for x in r.get("samples") or []:
+            answer = " ".join(x["answer"].split())
+            flags = f" _(flags: {', '.join(x['flags'])})_" if x.get("flags") else ""
+            lines.append(f"- {x['user_id']}: {x['question']} → {answer}{flags}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def targets(rows: list[dict]) -> list[str]:
+    """Issue 13's targets, on held-out users of seen combinations where the table splits them."""
     by = {r["row"]: r for r in rows}
-    w = lambda name: by[name]["win_rate"] or 0.0  # noqa: E731
+
+    def seen(name: str) -> float:
+        g = by[name]["win_rate_seen_combos"]
+        return g["win_rate"] if g else 0.0
+
+    ipo4, ipo8, rat = seen("fspo-ipo (4)"), seen("fspo-ipo (8)"), seen("fspo-rat")
+    described = by["fspo-rat"].get("description_accuracy") or 0.0
+    reward = by["fspo-ipo (4)"]["reward_accuracy"] or 0.0
+    off = [r["row"] for r in rows if r.get("trained") and (r.get("on_topic") or 0.0) < 0.95]
     checks = [
-        ("fspo-ipo (4) win rate vs base >= 80%", w("fspo-ipo (4)") >= 0.8),
-        ("fspo-ipo (4) reward accuracy >= 90%", (by["fspo-ipo (4)"]["reward_accuracy"] or 0) >= 0.9),
-        ("fspo-rat >= fspo-ipo (4)", w("fspo-rat") >= w("fspo-ipo (4)")),
-        ("8 shots >= 4 shots (fspo-ipo win rate)", w("fspo-ipo (8)") >= w("fspo-ipo (4)")),
-        ("fspo-ipo (4) > fewshot (4)", w("fspo-ipo (4)") > w("fewshot (4)")),
-        ("fspo-ipo (4) > prefft", w("fspo-ipo (4)") > w("prefft")),
+        (f"fspo-ipo (4) win rate vs base >= 80% (seen combos: {_pct(ipo4)})", ipo4 >= 0.8),
+        (
+            f"fspo-ipo (4) >= fewshot (4) + 10 points (seen combos: {_pct(ipo4)} vs {_pct(seen('fewshot (4)'))})",
+            ipo4 >= seen("fewshot (4)") + 0.1,
+        ),
+        (f"8 shots >= 4 shots (fspo-ipo, seen combos: {_pct(ipo8)} vs {_pct(ipo4)})", ipo8 >= ipo4),
+        (f"fspo-rat >= fspo-ipo (4) (seen combos: {_pct(rat)} vs {_pct(ipo4)})", rat >= ipo4),
+        (f"fspo-rat correct descriptions >= 80% of users ({_pct(described)})", described >= 0.8),
+        (f"fspo-ipo (4) reward accuracy on held-out users >= 90% ({_pct(reward)})", reward >= 0.9),
+        (f"every trained row on-topic >= 95% (below: {', '.join(off) or 'none'})", not off),
     ]
     return [f"- [{'x' if ok else ' '}] {name}: {'met' if ok else 'MISSED'}" for name, ok in checks]
 
@@ -301,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Targets ({TARGETS}):",
             *targets(rows),
             "",
+            "Sample answers (three per row, the same queries for every row):",
+            "",
+            render_samples(rows),
         ]
     )
     (out / "quality.md").write_text(md)

@@ -35,7 +35,7 @@ class DemoPlan:
     sft_steps: int = 6
     steps: int = 30  # issue 13's recipe sweep (docs/training.md): 30 IPO steps at lr 5e-5, beta 0.5, sft_weight 0.5
     batch_size: int = 2
-    lr: float = 5e-5  # the IPO stage's; the SFT stage keeps 1e-4 (optim.sft_lr below)
+    lr: float = 5e-5  # the IPO stage's; the SFT stage keeps 1e-4 (RECIPE's optim.sft_lr)
     eval_users: int = 8
     eval_queries: int = 6  # 8 users x 6 = 48 answers per row: a CI of about +-10 points instead of +-20
     shots_curve: list[int] = field(default_factory=lambda: [0, 4])
@@ -43,6 +43,20 @@ class DemoPlan:
     methods: list[str] = field(default_factory=lambda: ["base", "fewshot", "fspo-ipo"])
     embed: bool = True
 
+
+RECIPE: dict[str, object] = {
+    "loss.name": "sft+ipo",
+    "loss.beta": 0.5,
+    "loss.sft_weight": 0.5,
+    "loss.reduction": "mean",
+    "optim.lr": 5e-5,
+    "optim.sft_lr": 1e-4,
+    "optim.batch_size": 2,
+    "optim.shared_prefix": True,
+}
+"""The training recipe issue 13's sweep chose on validation users (docs/training.md): SFT at lr 1e-4,
+then IPO β 0.5 at lr 5e-5 with an NLL term on the chosen answer. The demo and
+bench/quality_reviews.py both train with it."""
 
 FAST = DemoPlan(
     users=12,
@@ -127,16 +141,11 @@ def _run_demo(out: Path, fast: bool, model: str, seed: int, progress: bool) -> d
             "data.max_length": plan.max_length,
             "data.eval_episodes": 16 if not fast else 4,
             "model.name": model,
-            "loss.name": "sft+ipo",
-            "loss.beta": 0.5,
-            "loss.sft_weight": 0.5,
-            "loss.reduction": "mean",
+            **RECIPE,
             "optim.steps": plan.steps,
             "optim.sft_steps": plan.sft_steps,
             "optim.lr": plan.lr,
-            "optim.sft_lr": 1e-4,
             "optim.batch_size": plan.batch_size,
-            "optim.shared_prefix": True,
             "out": str(out / "run"),
             "seed": seed,
             "eval_every": max(plan.steps // 2, 1),
