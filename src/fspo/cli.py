@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "fspo.data_commands",
     "fspo.train.command",
     "fspo.eval.command",
+    "fspo.eval.select_command",
     "fspo.serve.command",
     "fspo.serve.study.command",
 )
