@@ -174,6 +174,16 @@ def test_max_batch_limits_the_rows_in_flight(engine: Engine) -> None:
         small.close()
 
 
+def test_serve_max_batch_option_reaches_the_scheduler() -> None:
+    from fspo.serve.command import load_engine
+
+    one = load_engine(resolve_model("tiny"), cache_users=0, max_batch=3)
+    try:
+        assert one.batcher.max_batch == 3
+    finally:
+        one.close()
+
+
 def test_prefix_tokens_are_not_re_tokenized_on_a_warm_request(engine: Engine, monkeypatch) -> None:
     s = shots("w", 4, "mint")
     engine.invalidate("w")

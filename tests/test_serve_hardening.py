@@ -285,6 +285,8 @@ def test_serve_bad_options_are_one_line_errors(tmp_path, capsys, monkeypatch) ->
     one_line_error(capsys, [*base, "--db", db, "--port", "-1"], "--port")
     one_line_error(capsys, [*base, "--db", db, "--host", "no.such.host.invalid"], "--host")
     one_line_error(capsys, [*base, "--db", db, "--cache-users", "-1"], "--cache_users")
+    one_line_error(capsys, [*base, "--db", db, "--max-batch", "0"], "--max_batch")
+    one_line_error(capsys, [*base, "--db", db, "--max-batch", "many"], "--max_batch")
     missing = str(tmp_path / "missing.key")
     one_line_error(capsys, [*base, "--db", db, "--port", "0", "--api-key-file", missing], "--api-key-file")
     (tmp_path / "empty.key").write_text("\n\n")

@@ -66,13 +66,13 @@ def admin_keys(args: ServeConfig) -> list[str]:
     return keys
 
 
-def load_engine(info, cache_users: int, device: str = "auto", dtype: str = "float32"):
+def load_engine(info, cache_users: int, device: str = "auto", dtype: str = "float32", max_batch: int = 16):
     """The engine for ``info`` on ``device`` in ``dtype``, or a one-line error (a folder that is not a
     model, corrupt weights, a device this machine lacks)."""
     from fspo.serve.personalize import Engine
 
     with loading(f"{info.spec}: cannot load the model"):
-        return Engine.load(info, cache_users=cache_users, device=device, dtype=dtype)
+        return Engine.load(info, cache_users=cache_users, device=device, dtype=dtype, max_batch=max_batch)
 
 
 def _user_shots(path: str, user: str | None):
@@ -134,7 +134,9 @@ def run_serve(cli: argparse.Namespace) -> int:
         engine = RemoteEngine.connect(args.engine, info, timeout=args.engine_timeout)
         where = engine.device
     else:
-        engine = load_engine(info, cache_users=args.cache_users, device=args.device, dtype=args.dtype)
+        engine = load_engine(
+            info, cache_users=args.cache_users, device=args.device, dtype=args.dtype, max_batch=args.max_batch
+        )
         where = f"{engine.device}, {args.dtype}"
     app = create_app(engine, store, keys, model_name=args.name or args.model)
     print(

@@ -39,6 +39,12 @@ class ServeConfig(Config):
     )
     api_key_file: str | None = opt(None, "file with admin keys, one per line (keep it mode 0600)")
     cache_users: int = opt(32, "users whose prefix KV cache is kept (LRU)", ge=0, le=100_000)
+    max_batch: int = opt(
+        16,
+        "sequences decoded together (continuous batching; more requests wait for a free row); 1 serves one at a time",
+        ge=1,
+        le=1024,
+    )
     layout: str | None = opt(None, "override the run's prompt layout", choices=LAYOUTS)
     shots: int | None = opt(None, "override the run's number of shots", ge=0)
     name: str | None = opt(None, "model name reported by /v1/models (default: --model)")
