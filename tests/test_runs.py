@@ -90,6 +90,7 @@ def test_unfinished_run_and_bad_records(tmp_path):
         ({"base_model": "tiny", "n_shots": -1}, "n_shots"),
         ({"base_model": "tiny", "max_length": "long"}, "max_length"),
         ({"base_model": "tiny", "heldout_users": "u1"}, "heldout_users"),
+        ({"base_model": "tiny", "selected_on": [1]}, "selected_on"),
         ([1, 2], "object"),
     ):
         (run / RUN_FILE).write_text(json.dumps(bad))
@@ -98,5 +99,7 @@ def test_unfinished_run_and_bad_records(tmp_path):
 
 
 def test_record_round_trips():
-    rec = RunRecord(base_model="tiny", layout="prefonly", n_shots=3, heldout_users=("a",), metrics={"x": 1.0})
+    rec = RunRecord(
+        base_model="tiny", layout="prefonly", n_shots=3, heldout_users=("a",), selected_on=("b",), metrics={"x": 1.0}
+    )
     assert RunRecord.from_json(rec.to_json(), "mem") == rec

@@ -52,6 +52,7 @@ def test_select_judges_checkpoints_on_validation_users_only(run_with_validation,
     selected = run / "selected"
     resolved = resolve_model(str(selected))
     assert resolved.trained and resolved.spec == str(selected) and resolved.layout == record.layout
+    assert resolved.selected_on == tuple(val)  # evaluations of it leave the validation users out
     weights = next(f for f in os.listdir(selected) if f.endswith(".safetensors"))
     assert os.path.samefile(selected / weights, os.path.join(chosen["source"], weights))
     assert resolved.reference and os.path.isdir(resolved.reference)  # the relocated record still finds the SFT model

@@ -55,6 +55,7 @@ class RunRecord:
     reference: str | None = None
     stages: dict[str, str] = field(default_factory=dict)
     heldout_users: tuple[str, ...] = ()
+    selected_on: tuple[str, ...] = ()  # users ``fspo select`` chose this checkpoint on: evals leave them out
     fingerprint: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     data_summary: tuple[str, ...] = ()
@@ -76,6 +77,7 @@ class RunRecord:
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["heldout_users"] = list(self.heldout_users)
+        data["selected_on"] = list(self.selected_on)
         data["data_summary"] = list(self.data_summary)
         return json.dumps(data, indent=2) + "\n"
 
@@ -91,7 +93,7 @@ class RunRecord:
         kwargs = {k: v for k, v in data.items() if k in known}
         if not isinstance(kwargs.get("base_model"), str):
             raise FspoError(f"{where}: base_model: missing (not a run record written by fspo train?)")
-        for key in ("heldout_users", "data_summary"):
+        for key in ("heldout_users", "selected_on", "data_summary"):
             if key in kwargs:
                 if not isinstance(kwargs[key], list) or not all(isinstance(x, str) for x in kwargs[key]):
                     raise FspoError(f"{where}: {key}: expected a list of strings")
@@ -178,6 +180,11 @@ class ResolvedModel:
     @property
     def heldout_users(self) -> tuple[str, ...] | None:
         return self.record.heldout_users if self.record else None
+
+    @property
+    def selected_on(self) -> tuple[str, ...]:
+        """Users this checkpoint was chosen on (``fspo select``): a fair evaluation leaves them out."""
+        return self.record.selected_on if self.record else ()
 
     def with_prompting(self, layout: str | None = None, n_shots: int | None = None) -> ResolvedModel:
         """Override the recorded layout or shot count (ablations: the model sees prompts it did not train on)."""

@@ -13,6 +13,7 @@ reported on test users is not chosen on them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -185,7 +186,7 @@ def select_checkpoint(cfg: SelectConfig) -> dict:
     # highest win rate; then more acceptable answers; then the later step (less to explain)
     best = max(rows, key=lambda r: (r["win_rate"], r["acceptable"] or 0.0, r["step"]))
     chosen = next(c for c in found if c.step == best["step"])
-    _link_selected(run, record, chosen)
+    _link_selected(run, dataclasses.replace(record, selected_on=tuple(users)), chosen)
     summary = {
         "selected_step": best["step"],
         "selected": str(run / SELECTED_DIR),
