@@ -22,7 +22,7 @@ Definitions (printed with the results):
     python bench/train_throughput.py                  # 0, 2, 4, 8 shots; last line speedup_vs_trl=X.XX (8 shots)
     python bench/train_throughput.py --shots 8 --rounds 1 --steps 1 --grad-ckpt
     python bench/train_throughput.py --device cuda --dtype bfloat16   # on a GPU
-    python bench/train_throughput.py --shots 8 --rounds 1 --steps 1 --trees 4 --batch-size 4
+    python bench/train_throughput.py --shots 8 --rounds 1 --steps 1 --trees 4 --batch-size 4 --trl-batch-size 2
 
 ``--trees K``: the pairs come from shared-shot tree episodes (K queries of a user share one set of
 shots; ``fspo.data.episodes.build_tree_episodes``), and the side ``fspo-trees`` (the trainer with
@@ -342,7 +342,7 @@ class TrlSide:
             loss_type="ipo",
             beta=args_ns.beta,
             max_length=None,
-            per_device_train_batch_size=args_ns.batch_size,
+            per_device_train_batch_size=args_ns.trl_batch_size or args_ns.batch_size,
             learning_rate=args_ns.lr,
             lr_scheduler_type="constant",
             warmup_steps=0,
@@ -408,6 +408,13 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=2, help="timed steps per side per round")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps at the start of every round")
     ap.add_argument("--batch-size", type=int, default=2, help="pairs per step (both sides)")
+    ap.add_argument(
+        "--trl-batch-size",
+        type=int,
+        default=None,
+        help="TRL's pairs per step, when its memory does not fit --batch-size (default: --batch-size): TRL then "
+        "runs the same pairs in smaller steps, and pairs/s compares the two rates",
+    )
     ap.add_argument("--words", type=int, default=28, help="words per synthetic answer (~1.4 tokens per word)")
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
@@ -425,6 +432,14 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--json", default=None, help="also write the results here")
     return ap.parse_args(argv)
+
+
+def rebatch(batches: list[list], size: int | None) -> list[list]:
+    """The same pairs in the same order, ``size`` per step (None: unchanged)."""
+    if not size:
+        return batches
+    flat = [p for b in batches for p in b]
+    return [flat[i : i + size] for i in range(0, len(flat), size)]
 
 
 def load_pair_of_models(spec: str, dtype: str, device: str):
@@ -459,7 +474,9 @@ def main(argv=None) -> None:
     models = {s: load_pair_of_models(args.model, args.dtype, args.device)[:2] for s in sides}
     params = sum(p.numel() for p in next(iter(models.values()))[0].parameters())
     print(
-        f"model {args.model}: {params / 1e6:.1f} M parameters; batch {args.batch_size} pairs; IPO (mean), beta {args.beta}"
+        f"model {args.model}: {params / 1e6:.1f} M parameters; batch {args.batch_size} pairs"
+        + (f" (TRL: {args.trl_batch_size})" if args.trl_batch_size else "")
+        + f"; IPO (mean), beta {args.beta}"
     )
 
     runners = {}
@@ -502,7 +519,7 @@ def main(argv=None) -> None:
             for s in order:
                 t = time.perf_counter()
                 if s == "trl":
-                    runners[s].run_round(round_batches, stats[s], args.warmup)
+                    runners[s].run_round(rebatch(round_batches, args.trl_batch_size), stats[s], args.warmup)
                 else:
                     runners[s].run_round(round_batches, stats[s], args.warmup, args.layout if s == "fspo" else "rows")
                 print(f"  round {r + 1} {s}: {time.perf_counter() - t:.1f} s", flush=True)
