@@ -9,6 +9,7 @@ the generation parameters: a rerun reuses them, and a killed eval resumes where 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from fspo.data.splits import evenly_spaced
 from fspo.data.truncation import fit_generation_prompt
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams
-from fspo.llm.cache import CachedBackend, CallCache
+from fspo.llm.cache import CachedBackend, CallCache, ChunkShare
 
 # --- which queries ------------------------------------------------------------------------------
 
@@ -83,6 +84,11 @@ def model_fingerprint(spec: str) -> str:
     return f"{spec}@{h.hexdigest()[:16]}"
 
 
+_LOADING = threading.Lock()
+"""One load at a time across eval lanes (fspo.eval.lanes): transformers builds a model under
+process-wide init contexts, and two threads loading at once got meta tensors."""
+
+
 class ModelPool:
     """Loads each model spec once, on first use (a fully cached rerun loads nothing)."""
 
@@ -100,14 +106,16 @@ class ModelPool:
         if spec not in self._tokenizers:
             from fspo.models.registry import load_tokenizer
 
-            self._tokenizers[spec] = load_tokenizer(spec)
+            with _LOADING:
+                self._tokenizers[spec] = load_tokenizer(spec)
         return self._tokenizers[spec]
 
     def get(self, spec: str):
         if spec not in self._models:
             from fspo.models.registry import load_model
 
-            model, tok = load_model(spec, self.dtype, seed=self.seed, device=self.device)
+            with _LOADING:
+                model, tok = load_model(spec, self.dtype, seed=self.seed, device=self.device)
             model.eval()
             self._models[spec] = (model, tok)
             self._tokenizers[spec] = tok
@@ -164,6 +172,40 @@ class Generation:
         return self.__dict__.copy()
 
 
+def generation_prompts(
+    layout: str,
+    spec: str,
+    episodes: Sequence[Episode],
+    descriptions: dict[str, str],
+    pool: ModelPool,
+    max_new_tokens: int,
+    max_length: int,
+    chat_template: bool = False,
+) -> tuple[list[str], list[int]]:
+    """Each episode's rendered generation prompt (oldest shots dropped to fit ``max_length`` with
+    ``max_new_tokens``) and the shots it kept."""
+    tok = pool.tokenizer(spec)
+    budget = max_length - max_new_tokens
+    prompts, kept = [], []
+    for ep in episodes:
+        fitted = fit_generation_prompt(
+            tok, ep.shots, ep.query.prompt, layout, budget, chat_template, descriptions.get(ep.user_id)
+        )
+        if fitted is None:
+            raise FspoError(
+                f"a question of user {ep.user_id!r} does not fit max_length {max_length} with "
+                f"{max_new_tokens} new tokens even without shots; raise --max-length"
+            )
+        prompts.append(fitted.text)
+        kept.append(fitted.n_shots)
+    return prompts, kept
+
+
+def greedy(max_new_tokens: int) -> GenerationParams:
+    """The eval's decoding: greedy, so every answer is deterministic."""
+    return GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+
+
 def generate_method(
     method: str,
     layout: str,
@@ -179,32 +221,22 @@ def generate_method(
     progress: bool = False,
     engine: str | None = None,
     option: str = "--engine",
+    share: ChunkShare | None = None,
 ) -> tuple[list[Generation], dict]:
     """Greedy answers of one method to every episode; returns (generations, stats with cache hits).
 
     ``engine`` (``URL[#model]``, an OpenAI-compatible server serving ``spec``): the same rendered
     prompts are sent to its ``/v1/completions`` as raw text instead of the local model (the
-    tokenizer of ``spec`` still fits the shots); ``option`` names the option in errors."""
-    tok = pool.tokenizer(spec)
-    budget = max_length - max_new_tokens
-    prompts, kept = [], []
-    for ep in episodes:
-        fitted = fit_generation_prompt(
-            tok, ep.shots, ep.query.prompt, layout, budget, chat_template, descriptions.get(ep.user_id)
-        )
-        if fitted is None:
-            raise FspoError(
-                f"a question of user {ep.user_id!r} does not fit max_length {max_length} with "
-                f"{max_new_tokens} new tokens even without shots; raise --max-length"
-            )
-        prompts.append(fitted.text)
-        kept.append(fitted.n_shots)
+    tokenizer of ``spec`` still fits the shots); ``option`` names the option in errors.
+    ``share``: chunks a helping eval lane may compute (:class:`fspo.llm.cache.ChunkShare`)."""
+    prompts, kept = generation_prompts(
+        layout, spec, episodes, descriptions, pool, max_new_tokens, max_length, chat_template
+    )
     inner = (
         LazyLocalBackend(pool, spec, batch_size, progress=False) if not engine else engine_backend(engine, spec, option)
     )
-    backend = CachedBackend(inner, cache, progress=progress)
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    texts = backend.generate(prompts, params, desc=f"generate {method}")
+    backend = CachedBackend(inner, cache, progress=progress, share=share if not engine else None)
+    texts = backend.generate(prompts, greedy(max_new_tokens), desc=f"generate {method}")
     out = []
     for ep, raw, n in zip(episodes, texts, kept):
         answer, desc = parse_generation(raw, layout)

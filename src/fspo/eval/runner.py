@@ -13,7 +13,7 @@ call is cached in ``OUT/cache.sqlite``: a rerun with the same settings replays, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,30 @@ def method_engines(cfg: EvalConfig, methods: list[str], notes: list[str]) -> dic
     return engines
 
 
+def shared_rows(cfg: EvalConfig, plan: EvalPlan, pool) -> list:
+    """The rows whose answers a local model generates (not an engine), for the eval lanes."""
+    from fspo.eval.generate import generation_prompts
+    from fspo.eval.lanes import SharedRow
+
+    rows = []
+    for name in plan.methods:
+        if name in plan.engines:
+            continue
+        info = plan.infos[name]
+        prompts, _ = generation_prompts(
+            METHODS[name].layout,
+            info.spec,
+            plan.episodes,
+            plan.descriptions,
+            pool,
+            cfg.max_new_tokens,
+            plan.budgets[name],
+            info.chat_template,
+        )
+        rows.append(SharedRow(name, info.spec, prompts, cfg.max_new_tokens, cfg.batch_size))
+    return rows
+
+
 def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[str, dict]:
     """Stage 1: reward accuracy vs shots of every row, on held-out users and on held-out questions
     of training users."""
@@ -211,8 +235,11 @@ def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[
     return reward
 
 
-def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict[str, list], dict[str, dict]]:
-    """Stage 2: every row's greedy answers to the same queries; (generations, method rows)."""
+def generate_answers(
+    cfg: EvalConfig, plan: EvalPlan, pool, cache, shares: dict | None = None
+) -> tuple[dict[str, list], dict[str, dict]]:
+    """Stage 2: every row's greedy answers to the same queries; (generations, method rows).
+    ``shares``: per method, the chunks a helping eval lane may compute (:mod:`fspo.eval.lanes`)."""
     from fspo.eval.descriptions import description_accuracy
     from fspo.eval.generate import generate_method
 
@@ -237,6 +264,7 @@ def generate_answers(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> tuple[dict
             cfg.progress,
             engine=engine,
             option=option,
+            share=(shares or {}).get(name),
         )
         gens[name] = g
         if stats["empty_answers"]:
@@ -347,6 +375,7 @@ def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
     from fspo.data.io import write_jsonl
     from fspo.eval.generate import ModelPool, open_cache
     from fspo.eval.judges import AttributeJudge, LLMJudge
+    from fspo.eval.lanes import help_generate, lanes_enabled, owner_snapshots, side_by_side
     from fspo.eval.report import write_report
 
     t0 = time.perf_counter()
@@ -361,14 +390,41 @@ def _run_stages(cfg: EvalConfig, plan: EvalPlan, judge_backend) -> dict:
     pool = ModelPool(dtype=cfg.dtype, seed=cfg.seed, device=cfg.device)
 
     reward: dict[str, dict] = {}
-    if cfg.reward_accuracy:
-        t = time.perf_counter()
-        reward = score_reward_accuracy(cfg, plan, pool, cache)
-        timing["reward_accuracy_s"] = time.perf_counter() - t
+    rows = shared_rows(cfg, plan, pool) if lanes_enabled(cfg.device) else []
+    if rows:
+        # Lanes (fspo.eval.lanes): A scores, then helps B generate; each lane has its own models,
+        # tokenizers and notes (merged in the sequential order).
+        known = owner_snapshots(rows, pool, cache)
+        scoring, answering = replace(plan, notes=[]), replace(plan, notes=[])
+        lane_pool = ModelPool(dtype=cfg.dtype, seed=cfg.seed, device=cfg.device)
+        shares = {row.method: row.share for row in rows}
+        _say(cfg, "generate: beside reward accuracy, helped by it once done (two lanes)")
 
-    t = time.perf_counter()
-    gens, method_rows = generate_answers(cfg, plan, pool, cache)
-    timing["generation_s"] = time.perf_counter() - t
+        def lane_a() -> dict[str, dict]:
+            t = time.perf_counter()
+            got = score_reward_accuracy(cfg, scoring, pool, cache) if cfg.reward_accuracy else {}
+            timing["reward_accuracy_s"] = time.perf_counter() - t
+            help_generate(rows, known, pool, cache)
+            return got
+
+        def lane_b() -> tuple[dict[str, list], dict[str, dict]]:
+            t = time.perf_counter()
+            got = generate_answers(cfg, answering, lane_pool, cache, shares)
+            timing["generation_s"] = time.perf_counter() - t
+            return got
+
+        t = time.perf_counter()
+        reward, (gens, method_rows) = side_by_side([lane_a, lane_b], parallel=True)
+        timing["lanes_s"] = time.perf_counter() - t
+        plan.notes += scoring.notes + answering.notes
+    else:
+        if cfg.reward_accuracy:
+            t = time.perf_counter()
+            reward = score_reward_accuracy(cfg, plan, pool, cache)
+            timing["reward_accuracy_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        gens, method_rows = generate_answers(cfg, plan, pool, cache)
+        timing["generation_s"] = time.perf_counter() - t
     write_jsonl(out / "generations.jsonl", [x.to_dict() for name in plan.methods for x in gens[name]])
 
     t = time.perf_counter()

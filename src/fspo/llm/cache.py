@@ -14,7 +14,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,13 +67,59 @@ class CallCache:
         self._db.close()
 
 
+class ChunkShare:
+    """The chunks of one ``CachedBackend`` call, split between its owner and one helper thread.
+
+    The owner runs the call as usual, chunk by chunk in order; before computing a chunk it
+    ``take``s it: the values the helper computed for it (waiting while the helper is at it), or
+    None to compute it itself. The helper (``CachedBackend.help_generate`` on its own model)
+    ``claim``s chunks from the end, computes them exactly as the owner would and ``hand_over``s the
+    values. The owner commits every chunk, in its order, so the cache and the results are those of
+    the owner alone (eval lanes, fspo.eval.lanes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._claimed: set[int] = set()
+        self._values: dict[int, list | None] = {}
+
+    def claim(self, chunk: int) -> bool:
+        """Helper: True if it may compute ``chunk`` (the owner has not taken it)."""
+        with self._cond:
+            if chunk in self._claimed:
+                return False
+            self._claimed.add(chunk)
+            return True
+
+    def hand_over(self, chunk: int, values: list | None) -> None:
+        with self._cond:
+            self._values[chunk] = values
+            self._cond.notify_all()
+
+    def take(self, chunk: int) -> list | None:
+        """Owner: the helper's values for ``chunk``, or None when the owner computes it."""
+        with self._cond:
+            if chunk not in self._claimed:
+                self._claimed.add(chunk)
+                return None
+            while chunk not in self._values:
+                self._cond.wait()
+            return self._values[chunk]
+
+
 class CachedBackend:
     """Wrap a backend: replay cached calls, run and commit the rest chunk by chunk.
 
     ``hits`` and ``misses`` count prompts served from the cache and sent to the backend.
     """
 
-    def __init__(self, backend: Backend, cache: CallCache, chunk_size: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        backend: Backend,
+        cache: CallCache,
+        chunk_size: int | None = None,
+        progress: bool = True,
+        share: ChunkShare | None = None,
+    ):
         self.backend = backend
         self.cache = cache
         self.name = backend.name
@@ -81,6 +127,7 @@ class CachedBackend:
         self.progress = progress
         self.hits = 0
         self.misses = 0
+        self.share = share  # chunks a helper may compute for this call (see ChunkShare)
 
     @property
     def can_score_choices(self) -> bool:
@@ -93,14 +140,16 @@ class CachedBackend:
         cached = self.cache.get_many(keys)
         results = [cached.get(k) for k in keys]
         chunks = self._chunks(len(keys))
-        todo = [c for c in chunks if any(keys[i] not in cached for i in c)]
+        todo = [j for j, c in enumerate(chunks) if any(keys[i] not in cached for i in c)]
         self.hits += sum(1 for k in keys if k in cached)
         bar = tqdm(total=len(keys), desc=desc, disable=not (self.progress and desc), unit="call", leave=True)
-        bar.update(len(keys) - sum(len(c) for c in todo))
-        for chunk in todo:
+        bar.update(len(keys) - sum(len(chunks[j]) for j in todo))
+        for j in todo:
+            chunk = chunks[j]
             idx = [i for i in chunk if keys[i] not in cached]
             chunk_seed = int(hashlib.sha256("".join(keys[i] for i in chunk).encode()).hexdigest()[:8], 16)
-            values = compute(idx, chunk_seed)
+            handed = self.share.take(j) if self.share is not None else None
+            values = handed if handed is not None else compute(idx, chunk_seed)
             new = {}
             for i, v in zip(idx, values):
                 results[i] = v
@@ -111,6 +160,22 @@ class CachedBackend:
         bar.close()
         return results
 
+    def _help(self, keys: list[str], known: Collection[str], compute) -> None:
+        """Compute, last chunk first, the chunks of a call that ``self.share``'s owner has not
+        reached yet, and hand them over (not to the cache: the owner commits them in its order).
+        ``known``: the keys the owner finds cached when its call starts; a chunk is computed exactly
+        as the owner would compute it (the same prompts, the same seed)."""
+        for j, chunk in reversed(list(enumerate(self._chunks(len(keys))))):
+            idx = [i for i in chunk if keys[i] not in known]
+            if not idx or not self.share.claim(j):
+                continue
+            chunk_seed = int(hashlib.sha256("".join(keys[i] for i in chunk).encode()).hexdigest()[:8], 16)
+            values = None
+            try:
+                values = compute(idx, chunk_seed)
+            finally:
+                self.share.hand_over(j, values)  # None (an error): the owner computes it
+
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -119,15 +184,29 @@ class CachedBackend:
         desc: str | None = None,
     ) -> list[str]:
         """Like ``Backend.generate``; ``salts`` distinguish repeated samples of one prompt."""
+        keys = self.generate_keys(prompts, params, salts)
+        return self._run(keys, desc, self._generate_fn(prompts, params))
+
+    def help_generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams, known: Collection[str], salts=None
+    ) -> None:
+        """The helper's side of the owner's ``generate`` of the same prompts (see ``_help``)."""
+        self._help(self.generate_keys(prompts, params, salts), known, self._generate_fn(prompts, params))
+
+    def generate_keys(
+        self, prompts: Sequence[Prompt], params: GenerationParams, salts: Sequence[str] | None = None
+    ) -> list[str]:
+        """The cache key of each prompt's generation."""
         salts = list(salts) if salts is not None else [""] * len(prompts)
         pdict = params.to_dict()
-        keys = [call_key(self.name, p, pdict, s) for p, s in zip(prompts, salts)]
+        return [call_key(self.name, p, pdict, s) for p, s in zip(prompts, salts)]
 
+    def _generate_fn(self, prompts: Sequence[Prompt], params: GenerationParams):
         def compute(idx: list[int], chunk_seed: int) -> list[str]:
             seeded = replace(params, seed=(params.seed * 1_000_003 + chunk_seed) % (2**31))
             return list(self.backend.generate([prompts[i] for i in idx], seeded))
 
-        return self._run(keys, desc, compute)
+        return compute
 
     def choice_logprobs(
         self, prompts: Sequence[Prompt], choices: Sequence[str], prefix: str = "", desc: str | None = None
