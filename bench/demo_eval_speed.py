@@ -8,6 +8,7 @@ seconds of each, ``eval_speedup`` and whether the results are identical: eval.js
 timings and output folder, and generations.jsonl byte for byte.
 
     python bench/demo_eval_speed.py --demo /tmp/q13/demo512word --out /tmp/evalspeed/bench
+    python bench/demo_eval_speed.py --demo /tmp/q13/demo512word --fast   # smoke test: the fast demo's eval plan
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ BASELINE = "351c7797af59650dad0e1bef0b3773f00e80b56c"  # HEAD before issue 18's 
 
 CHILD = """
 import json, sys, time
-from fspo.demo import DemoPlan
+from fspo.demo import FAST, DemoPlan
 from fspo.eval.runner import EvalConfig, run_eval
-demo, out = sys.argv[1], sys.argv[2]
-plan = DemoPlan()
+demo, out, fast = sys.argv[1], sys.argv[2], sys.argv[3] == "fast"
+plan = FAST if fast else DemoPlan()
 cfg = EvalConfig(data=f"{demo}/data", methods=plan.methods, model=f"{demo}/run", base_model="smollm2",
                  shots=plan.shots, shots_curve=plan.shots_curve, judge="attribute", users=plan.eval_users,
                  queries=plan.eval_queries, max_new_tokens=plan.max_new_tokens, seed=0, out=out, progress=False)
@@ -38,14 +39,18 @@ print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "timing": resu
 """
 
 
-def run_eval_with(src: Path, demo: Path, out: Path) -> dict:
+def run_eval_with(src: Path, demo: Path, out: Path, fast: bool = False) -> dict:
     """The demo's eval with the fspo package under ``src``, in a fresh process and folder."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(src), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if (demo / ".cache").is_dir():
         env.setdefault("FSPO_CACHE", str(demo / ".cache"))
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(demo), str(out)], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", CHILD, str(demo), str(out), "fast" if fast else "full"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"eval with {src} failed:\n{proc.stderr[-4000:]}")
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench-out/demo-eval-speed", help="folder for the two evals")
     ap.add_argument("--baseline", default=BASELINE, help="commit of the baseline code")
     ap.add_argument("--worktree", default="/tmp/evalspeed/base", help="where the baseline is checked out")
+    ap.add_argument("--fast", action="store_true", help="the fast demo's eval plan (a smoke test of this script)")
     args = ap.parse_args(argv)
     demo, out, tree = Path(args.demo).resolve(), Path(args.out).resolve(), Path(args.worktree)
     if not tree.exists():
@@ -75,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if head.stdout.strip() != args.baseline:
         raise SystemExit(f"{tree} is at {head.stdout.strip()}, not the baseline {args.baseline}")
 
-    base = run_eval_with(tree / "src", demo, out / "baseline")
+    base = run_eval_with(tree / "src", demo, out / "baseline", args.fast)
     print(f"baseline ({args.baseline[:10]}): {base['seconds']:.1f} s  {json.dumps(base['timing'])}", flush=True)
-    new = run_eval_with(REPO / "src", demo, out / "current")
+    new = run_eval_with(REPO / "src", demo, out / "current", args.fast)
     print(f"current: {new['seconds']:.1f} s  {json.dumps(new['timing'])}", flush=True)
     same_json, same_gens = (a == b for a, b in zip(comparable(out / "baseline"), comparable(out / "current")))
     print(f"eval_speedup={base['seconds'] / new['seconds']:.2f}")
