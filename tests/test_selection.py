@@ -62,6 +62,8 @@ def test_select_judges_checkpoints_on_validation_users_only(run_with_validation,
     assert main(["eval", "--data", "examples/reviews", "--methods", "base,fspo-ipo", "--model", str(selected),
                  "--users", "1", "--queries", "1", "--max-new-tokens", "4", "--no-reward-accuracy",
                  "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    evaluated = json.loads((out / "eval.json").read_text())["users"]
+    assert evaluated and not set(evaluated) & set(val)  # the users it was selected on are left out
 
     # a rerun replays the cached answers and chooses the same step
     assert main(args) == 0

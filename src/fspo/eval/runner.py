@@ -66,6 +66,10 @@ def _eval_users(cfg: EvalConfig, data, infos) -> tuple[list[str], list[str]]:
             if dropped:
                 notes.append(f"{len(dropped)} users dropped: the model of {name!r} trained on them")
             candidates &= set(info.heldout_users)
+        chosen_on = candidates & set(info.selected_on)
+        if chosen_on:  # fspo select picked this checkpoint on them: a score there would be biased
+            notes.append(f"{len(chosen_on)} users dropped: the checkpoint of {name!r} was selected on them")
+            candidates -= chosen_on
     if not candidates:
         raise FspoError(
             f"{data.source}: no held-out users to evaluate (mark users split=test, or train with data.heldout_users)"
