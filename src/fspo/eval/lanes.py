@@ -1,8 +1,10 @@
 """Eval lanes: reward-accuracy scoring beside answer generation, each lane on half the CPU threads.
 
-On a 2-core CPU a forward pass uses its two intra-op threads poorly (small-batch decoding runs
-hundreds of small ops per token, each split across the threads and joined), so the eval runs two
-lanes of one thread each (issue 18). Lane B is the generation stage itself, method by method and
+Instead of splitting every op across torch's intra-op threads, the eval runs two stages at once on
+one thread each (issue 18): small-batch decoding (hundreds of small ops per token) splits poorly,
+and on a 2-core machine shared with another job two intra-op threads wait on each other (the fast
+demo's eval ran 3.77x faster there; docs/benchmarks.md, which also says why an idle machine gains
+less). Lane B is the generation stage itself, method by method and
 chunk by chunk as in a sequential eval. Lane A scores reward accuracy, then helps lane B: it
 computes the chunks (generation batches) lane B has not reached yet, from the last one back, and
 hands them over; lane B takes a handed-over chunk instead of computing it, and commits every chunk
