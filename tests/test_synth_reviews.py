@@ -251,7 +251,7 @@ def _bench():
 def test_unseen_combination_is_held_out_whole(tmp_path, capsys):
     bench = _bench()
     assert set(bench.HELDOUT_COMBO) == set(AXIS_NAMES)
-    dest = bench.build_data(tmp_path, {"users": 32, "questions": 8}, 0)
+    dest = bench.build_data(tmp_path, {"users": 32, "heldout_users": 0.25, "questions": 8}, 0)
     data = load_data(dest)
     combo = bench.combo_user_ids(data.users.values())
     assert len(combo) == 4  # 32 users over 8 combinations
@@ -260,7 +260,8 @@ def test_unseen_combination_is_held_out_whole(tmp_path, capsys):
     test_seen = {u for u, p in data.users.items() if p.split == "test" and u not in combo}
     assert len(train_combos) == 7 and tuple(bench.HELDOUT_COMBO[a] for a in AXIS_NAMES) not in train_combos
     assert test_seen  # held-out users of combinations training does see
-    assert not [r for r in data.prefs if r.user_id in combo and r.meta["kind"] == "offtopic"]
+    heldout = {u for u, p in data.users.items() if p.split == "test"}
+    assert not [r for r in data.prefs if r.user_id in heldout and r.meta["kind"] in ("offtopic", "repetition")]
     assert all(r.split == "test" for r in data.prefs if data.users[r.user_id].split == "test")
     assert any(r.split == "test" for r in data.prefs if data.users[r.user_id].split == "train")  # held-out qs
     assert validate_file(dest / "prefs.jsonl") == []
