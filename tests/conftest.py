@@ -65,6 +65,21 @@ def tiny():
     return load_model("tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished SFT-then-IPO run of the tiny model on examples/reviews (2 shots), trained once."""
+    from fspo.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "tiny_ipo"
+    rc = main(
+        ["train", "--model", "tiny", "--data", "examples/reviews", "--loss", "sft+ipo", "--shots", "2",
+         "--steps", "1", "optim.sft_steps=1", "data.eval_episodes=0", "data.max_length=256",
+         "--out", str(out), "--progress", "false"]
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
 # Under CI a test skipped for a missing dependency (TRL, Playwright/Chromium, a model wheel,
 # hypothesis, tensorboard...) fails instead: install.sh --dev installs them all, so a skip there
 # means a broken install, not an optional extra.

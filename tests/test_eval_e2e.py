@@ -18,18 +18,6 @@ EVAL_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny_ipo"
-    rc = main(
-        ["train", "--model", "tiny", "--data", "examples/reviews", "--loss", "sft+ipo", "--shots", "2",
-         "--steps", "1", "optim.sft_steps=1", "data.eval_episodes=0", "data.max_length=256",
-         "--out", str(out), "--progress", "false"]
-    )  # fmt: skip
-    assert rc == 0
-    return out
-
-
 @pytest.mark.slow
 def test_eval_attribute_judge_end_to_end(tiny_run, tmp_path):
     out = tmp_path / "eval"

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import fspo.eval.lanes as lanes
-from fspo.cli import main
 from fspo.eval.lanes import side_by_side
 from fspo.eval.runner import EvalConfig, run_eval
 
@@ -51,18 +50,6 @@ def test_side_by_side_raises_a_lanes_error_after_both_finish():
     with pytest.raises(ValueError, match="boom"):
         side_by_side([fails, slow], parallel=True)
     assert done == [True]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny_ipo"
-    rc = main(
-        ["train", "--model", "tiny", "--data", "examples/reviews", "--loss", "sft+ipo", "--shots", "2",
-         "--steps", "1", "optim.sft_steps=1", "data.eval_episodes=0", "data.max_length=256",
-         "--out", str(out), "--progress", "false"]
-    )  # fmt: skip
-    assert rc == 0
-    return out
 
 
 def _eval(tmp_path, tiny_run, monkeypatch, parallel: bool) -> tuple[dict, bytes]:
