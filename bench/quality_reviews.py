@@ -55,7 +55,7 @@ ROWS = [
     Row("pooled", "pooled", "pooled", 4),
     Row("fspo-ipo (4)", "fspo-ipo", "fspo4", 4),
     Row("fspo-ipo (8)", "fspo-ipo", "fspo8", 8),
-    Row("fspo-rat", "fspo-rat", "rat", 4),
+    Row("fspo-rat", "fspo-rat", "rat-contrast", 4),
     Row("oracle", "oracle", None, 4),
 ]
 
@@ -140,9 +140,13 @@ def run_overrides(data: Path, scale: dict, seed: int, model: str = "smollm2") ->
         "fspo4": {"data.shots": 4, "data.max_length": 512},
         "fspo8": {"data.shots": 8, "data.max_length": 1024},
         # RAT: the NLL term covers the whole chosen completion, user description included, at the
-        # weight the other rows give the answer (docs/training.md, description_weight)
-        "rat": {
+        # weight the other rows give the answer (docs/training.md, description_weight); the rejected
+        # completion carries the description of a user who prefers the rejected answer, so the
+        # preference loss trains the description too (data.rat_contrast; without it, 2026-11-30:
+        # descriptions at chance, 0% of users described correctly)
+        "rat-contrast": {
             "data.layout": "rat",
+            "data.rat_contrast": True,
             "data.shots": 4,
             "data.max_length": 640,
             "loss.sft_weight": 0.0,
@@ -185,7 +189,7 @@ def evaluate(
                 method_models=method_models,
                 base_model=model,
                 shots=shots,
-                shots_curve=[0, 4, 8],
+                shots_curve=[shots],  # reward accuracy at the rows' own N (0/4/8 for every row: too slow here)
                 judge="attribute",
                 users=scale["eval_users"],
                 queries=scale["eval_queries"],

@@ -496,3 +496,20 @@ def test_wandb_is_one_run_per_command_with_both_stages(tmp_path):
     assert (sft[2], ipo[2]) == (0, 6)  # the IPO stage's steps continue after SFT's
     tb = load_config(TrainConfig, None, {"out": str(tmp_path / "r"), "report_to": "tensorboard"})
     assert tracker_setup(tb, "ipo", 4) == ("fspo-ipo", {"tensorboard": {"purge_step": 5}}, 0)
+
+
+def test_rerun_of_a_finished_run_does_not_tokenize_its_data(dataset, tmp_path, monkeypatch, capsys):
+    out = train(_cfg(dataset, tmp_path / "run", **{"optim.steps": 1}))
+    weights = (out / "final" / "model.safetensors").read_bytes()
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("a finished run tokenized its data again")
+
+    monkeypatch.setattr(trainer, "prepare_training_data", no_tokenizing)
+    capsys.readouterr()
+    train(_cfg(dataset, out, **{"optim.steps": 1, "save_every": 3}))  # run options only
+    assert "[ipo] already finished" in capsys.readouterr().out
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "fspo_run.json").read_text())["config"]["save_every"] == 3
+    with pytest.raises(AssertionError, match="tokenized its data again"):  # a different run is not finished
+        train(_cfg(dataset, tmp_path / "other", **{"optim.steps": 1}))

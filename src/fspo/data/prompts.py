@@ -171,15 +171,21 @@ def render_episode(
     query: PreferenceRecord,
     layout: str | Layout = FSPO,
     description: str | None = None,
+    rejected_description: str | None = None,
 ) -> RenderedEpisode:
-    """Render an episode. For ``rat`` both completions carry the same (gold) description, so the
-    preference loss compares only the answers while SFT teaches the description; this avoids the
-    reference's label leak through differently formatted descriptions."""
+    """Render an episode. For ``rat`` both completions carry the same (gold) description by default,
+    so the preference loss compares only the answers while SFT teaches the description; this avoids
+    the reference's label leak through differently formatted descriptions.
+
+    ``rejected_description`` (``rat``, ``data.rat_contrast``): the rejected completion carries the
+    description of a user who would prefer the rejected answer, written from the same template
+    (:mod:`fspo.data.rat_contrast`), so the preference loss trains the description as well: the two
+    differ only in the attribute words, which is no format leak."""
     prompt = render_prompt(shots, query.prompt, layout, description)
     return RenderedEpisode(
         prompt,
         render_completion(query.chosen, layout, description),
-        render_completion(query.rejected, layout, description),
+        render_completion(query.rejected, layout, rejected_description or description),
     )
 
 

@@ -14,7 +14,7 @@ template already wrote it; completions never get special tokens (EOS is appended
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TypeVar
@@ -30,6 +30,7 @@ from fspo.data.prompts import (
     render_prompt,
     wrap_chat,
 )
+from fspo.data.rat_contrast import AttributeKey, rejected_description
 
 S = TypeVar("S")
 
@@ -166,12 +167,17 @@ class EpisodeTokenizer:
         layout: str | Layout = FSPO,
         chat_template: bool = False,
         descriptions: dict[str, str] | None = None,
+        contrast: Mapping[AttributeKey, str] | None = None,
     ) -> None:
+        """``contrast`` (RAT, ``data.rat_contrast``): attribute combination -> description
+        (:func:`fspo.data.rat_contrast.shared_descriptions`); a rejected completion whose attributes
+        are known there carries that description instead of the user's."""
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.layout = layout_of(layout).name
         self.chat_template = chat_template
         self.descriptions = descriptions or {}
+        self.contrast = contrast if layout_of(layout).writes_description else None
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; completions must end with one")
 
@@ -179,7 +185,8 @@ class EpisodeTokenizer:
         description = self.descriptions.get(query.user_id)
         if layout_of(self.layout).needs_description and not description:
             raise ValueError(f"user {query.user_id!r} has no description, needed by the {self.layout} layout")
-        rendered = render_episode(shots, query, self.layout, description)
+        rejected = rejected_description(query, self.contrast) if self.contrast else None
+        rendered = render_episode(shots, query, self.layout, description, rejected)
         if self.chat_template:
             rendered = RenderedEpisode(wrap_chat(self.tokenizer, rendered.prompt), rendered.chosen, rendered.rejected)
         return rendered

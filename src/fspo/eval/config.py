@@ -45,6 +45,9 @@ class EvalConfig(Config):
     heldout_questions: bool = opt(True, "also score held-out questions of training users (split=test rows)")
     reward_reduction: str = opt("mean", "reduction of untrained models' log-likelihood comparison", choices=REDUCTIONS)
     max_new_tokens: int = opt(64, "generation length", ge=1)
+    description_tokens: int = opt(
+        64, "extra generation length of rows that write a user description before the answer (RAT)", ge=0
+    )
     max_length: int | None = opt(
         None, "tokens per sequence, prompt + answer; oldest shots dropped to fit (default: the trained model's)", ge=16
     )

@@ -192,12 +192,20 @@ def shared_rows(cfg: EvalConfig, plan: EvalPlan, pool) -> list:
             plan.episodes,
             plan.descriptions,
             pool,
-            cfg.max_new_tokens,
+            new_tokens(cfg, name),
             plan.budgets[name],
             info.chat_template,
         )
-        rows.append(SharedRow(name, info.spec, prompts, cfg.max_new_tokens, cfg.batch_size))
+        rows.append(SharedRow(name, info.spec, prompts, new_tokens(cfg, name), cfg.batch_size))
     return rows
+
+
+def new_tokens(cfg: EvalConfig, method: str) -> int:
+    """Tokens a row may generate: a row that writes a user description first (RAT) gets
+    ``description_tokens`` more, so its answer has the same room as every other row's (with 64 in
+    all, half of a RAT model's answers on the quality benchmark were cut off mid-sentence)."""
+    extra = cfg.description_tokens if METHODS[method].prompt_layout.writes_description else 0
+    return cfg.max_new_tokens + extra
 
 
 def score_reward_accuracy(cfg: EvalConfig, plan: EvalPlan, pool, cache) -> dict[str, dict]:
@@ -261,7 +269,7 @@ def generate_answers(
             plan.descriptions,
             pool,
             cache,
-            cfg.max_new_tokens,
+            new_tokens(cfg, name),
             plan.budgets[name],
             info.chat_template,
             cfg.batch_size,

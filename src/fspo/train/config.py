@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fspo.config import Config, opt
-from fspo.data.prompts import LAYOUTS
+from fspo.config import Config, ConfigError, opt
+from fspo.data.prompts import LAYOUTS, layout_of
 from fspo.data.runs import DEFAULT_LAYOUT, DEFAULT_MAX_LENGTH, DEFAULT_REDUCTION, DEFAULT_SHOTS, REDUCTIONS
 from fspo.models import DTYPE_NAMES
 
@@ -40,6 +40,17 @@ class DataConfig(Config):
         ge=1,
     )
     eval_episodes: int = opt(32, "held-out episodes scored for reward accuracy during training (0 = none)", ge=0)
+    rat_contrast: bool = opt(
+        False,
+        "rat layout: the rejected completion carries the description of a user who would prefer the rejected "
+        "answer (its meta.rejected_steer or rejected_attributes, the description training users with them share), so the "
+        "preference loss trains the description too (fspo.data.rat_contrast)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rat_contrast and not layout_of(self.layout).writes_description:
+            raise ConfigError(f"rat_contrast: needs the rat layout (got layout {self.layout!r})")
 
 
 @dataclass

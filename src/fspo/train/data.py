@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from fspo.data.episodes import Episode, EpisodeSummary, build_episodes, build_tree_episodes
-from fspo.data.io import load_data
+from fspo.data.io import PreferenceData, load_data
 from fspo.data.prompts import layout_of
+from fspo.data.rat_contrast import rejected_description, shared_descriptions
 from fspo.data.splits import evenly_spaced, heldout_records, heldout_user_ids, training_records
 from fspo.data.truncation import EpisodeTokenizer, TokenizedPair, TruncationReport
 from fspo.errors import FspoError
@@ -48,8 +49,9 @@ class PreparedData:
         )
 
 
-def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
-    data = load_data(cfg.path)
+def prepare_training_data(cfg: DataConfig, tokenizer, seed: int, data: PreferenceData | None = None) -> PreparedData:
+    """``data``: the records of ``cfg.path`` when the caller has loaded them already."""
+    data = data if data is not None else load_data(cfg.path)
     digest = data_digest(data.prefs, data.users)
     train_users, heldout = heldout_user_ids(data, cfg.heldout_users, seed)
     train_rows = training_records(data.prefs, heldout)
@@ -58,7 +60,13 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
     descriptions = {u.user_id: u.description for u in data.users.values() if u.description}
     if layout_of(cfg.layout).needs_description and not descriptions:
         raise FspoError(f"{data.source}: the {cfg.layout} layout needs user descriptions (users.jsonl)")
-    enc = EpisodeTokenizer(tokenizer, cfg.max_length, cfg.layout, cfg.chat_template, descriptions)
+    contrast, notes = None, []
+    if cfg.rat_contrast:
+        contrast, note = contrast_table(data, train_rows, set(train_users))
+        notes.append(note)
+    enc = EpisodeTokenizer(tokenizer, cfg.max_length, cfg.layout, cfg.chat_template, descriptions, contrast)
+    # held-out reward accuracy keeps the gold description on both sides, as fspo eval scores RAT
+    eval_enc = EpisodeTokenizer(tokenizer, cfg.max_length, cfg.layout, cfg.chat_template, descriptions)
     trees = None
     if cfg.queries_per_tree > 1:
         groups, summary = build_tree_episodes(
@@ -79,13 +87,36 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData
     eval_report = TruncationReport()
     if cfg.eval_episodes > 0 and heldout:
         eval_eps, _ = build_episodes(heldout_records(data, heldout), cfg.shots, 1, seed, cfg.short_users)
-        eval_pairs, eval_report = enc.tokenize_all(evenly_spaced(eval_eps, cfg.eval_episodes))
-    notes = [] if heldout else ["no held-out users: training reports no held-out reward accuracy"]
+        eval_pairs, eval_report = eval_enc.tokenize_all(evenly_spaced(eval_eps, cfg.eval_episodes))
+    if not heldout:
+        notes.append("no held-out users: training reports no held-out reward accuracy")
     if trees is not None:
         notes.append(f"shared-shot trees: {len(trees)} trees of up to {cfg.queries_per_tree} queries")
     return PreparedData(
         train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, digest, trees
     )
+
+
+def contrast_table(data, train_rows, train_users: set[str]) -> tuple[dict, str]:
+    """``data.rat_contrast``: the descriptions training users share per attribute combination, and a
+    note of how many training pairs get a contrasting description. Held-out users' descriptions are
+    not read. No pair at all is an error: the option would silently change nothing."""
+    table = shared_descriptions(u for u in data.users.values() if u.user_id in train_users)
+    gold = {u.user_id: u.description.strip() for u in data.users.values()}
+    differing = sum(
+        1 for r in train_rows if (d := rejected_description(r, table)) is not None and d != gold.get(r.user_id)
+    )
+    if not differing:
+        raise FspoError(
+            f"{data.source}: data.rat_contrast: no training pair has a contrasting description (it needs "
+            "meta.rejected_steer or meta.rejected_attributes on the pairs and users.jsonl users with those attributes who share one "
+            "description)"
+        )
+    note = (
+        f"rat_contrast: {differing} of {len(train_rows)} training pairs carry the description of a user who "
+        f"prefers the rejected answer ({len(table)} attribute combinations with a shared description)"
+    )
+    return table, note
 
 
 def tokenize_trees(

@@ -17,21 +17,21 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from fspo.data.io import lock_output, write_jsonl, write_text_atomic
-from fspo.data.runs import FINAL_DIR, PRESETS, RunRecord, read_record
+from fspo.data.io import load_data, lock_output, write_jsonl, write_text_atomic
+from fspo.data.runs import FINAL_DIR, PRESETS, RUN_FILE, RunRecord, read_record
 from fspo.data.truncation import TokenizedPair
 from fspo.errors import FspoError, loading
 from fspo.train import checkpoint as ckpt
 from fspo.train.batching import collate_completions, completion_logps, pair_logps, pair_tokens
 from fspo.train.config import TrainConfig
 from fspo.train.data import PreparedData, prepare_training_data
-from fspo.train.fingerprint import Fingerprint, flatten, read_fingerprint
+from fspo.train.fingerprint import Fingerprint, data_digest, flatten, read_fingerprint
 from fspo.train.losses import log_ratio_margin, preference_loss, sft_loss, with_nll_terms
 from fspo.train.model_card import model_card
 
@@ -598,15 +598,35 @@ def train(cfg: TrainConfig, command: str | None = None) -> Path:
     return out
 
 
+def _finished(out: Path, cfg: TrainConfig) -> bool:
+    """Every stage wrote its final model and the run its record."""
+    stages = cfg.stages()
+    finals = [(out / s if len(stages) > 1 else out) / "final" / "config.json" for s in stages]
+    return all(f.exists() for f in finals) and (out / "final" / "config.json").exists() and (out / RUN_FILE).exists()
+
+
 def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None:
     from fspo.models.registry import load_tokenizer
 
     with lock_output(out) if main else nullcontext(out):
         with loading(f"{cfg.model.name}: cannot load the tokenizer"):
             tok = load_tokenizer(cfg.model.name)
-        data = prepare_training_data(cfg.data, tok, cfg.seed)
-        fp = Fingerprint.of(cfg, data.digest)
+        records = load_data(cfg.data.path)
+        fp = Fingerprint.of(cfg, data_digest(records.prefs, records.users))
         plan = check_run_folder(out, fp, cfg)
+        if plan == "continue" and _finished(out, cfg):
+            # the same run, finished: nothing to tokenize or train (on 240 users that took minutes)
+            if main:
+                fp.write(out)  # a run from before fingerprints gets one
+                # the record follows the rerun's run options and data path, as after training
+                record = replace(read_record(out), config=asdict(cfg), fingerprint=fp.digest)
+                record.write(out)
+                record.relocated(FINAL_DIR).write(out / FINAL_DIR)
+                for stage in cfg.stages():
+                    stage_dir = out / stage if len(cfg.stages()) > 1 else out
+                    print(f"[{stage}] already finished: {stage_dir / 'final'}")
+            return
+        data = prepare_training_data(cfg.data, tok, cfg.seed, records)
         for line in data.lines() if main else []:
             print(line)
         _wait_for_everyone()  # every process has looked at the folder before the main one changes it
