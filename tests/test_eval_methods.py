@@ -42,3 +42,22 @@ def test_assign_models(tmp_path):
         assign_models(["fspo-ipo"], "tiny", None, {})
     with pytest.raises(FspoError, match="unknown methods"):
         assign_models(["base"], "tiny", None, {"nope": "x"})
+
+
+def test_model_cache_identity_follows_the_weights_not_the_run_record(tmp_path):
+    """A rerun of a finished fspo train rewrites final/fspo_run.json; the eval cache must still hit."""
+    import os
+
+    from fspo.eval.generate import model_fingerprint
+
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "fspo_run.json").write_text('{"config": 1}')
+    before = model_fingerprint(str(model))
+    (model / "fspo_run.json").write_text('{"config": 2}')
+    os.utime(model / "fspo_run.json", ns=(1, 1))
+    assert model_fingerprint(str(model)) == before
+    (model / "model.safetensors").write_bytes(b"retrained")
+    assert model_fingerprint(str(model)) != before

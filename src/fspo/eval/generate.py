@@ -17,6 +17,7 @@ from pathlib import Path
 from fspo.data.episodes import Episode, build_episodes
 from fspo.data.io import PreferenceData
 from fspo.data.prompts import parse_generation
+from fspo.data.runs import RUN_FILE
 from fspo.data.schema import PreferenceRecord
 from fspo.data.splits import evenly_spaced
 from fspo.data.truncation import fit_generation_prompt
@@ -70,7 +71,8 @@ def heldout_question_records(data: PreferenceData, heldout_users: Sequence[str])
 
 def model_fingerprint(spec: str) -> str:
     """Identity of a model's weights for cache keys: preset name, or a hash of config + weight files'
-    sizes and mtimes (a retrained run folder gets new keys, a rerun on the same weights hits)."""
+    sizes and mtimes (a retrained run folder gets new keys, a rerun on the same weights hits). The
+    run record is left out: a rerun of a finished ``fspo train`` rewrites it, the weights stay."""
     if spec == "tiny":
         return "tiny"
     from fspo.models.registry import model_dir
@@ -78,7 +80,7 @@ def model_fingerprint(spec: str) -> str:
     path = model_dir(spec)
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".bin"):
+        if f.suffix in (".json", ".safetensors", ".bin") and f.name != RUN_FILE:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return f"{spec}@{h.hexdigest()[:16]}"
