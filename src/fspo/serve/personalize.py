@@ -72,6 +72,33 @@ class Personalized:
     seconds: float
     first_token_seconds: float | None = None  # from the request to its first sampled token
 
+    @classmethod
+    def of(
+        cls,
+        rendered: Rendered,
+        raw: str,
+        answer: str,
+        description: str | None,
+        tokens: tuple[int, int, int],
+        start: float,
+        first_token_seconds: float | None = None,
+    ) -> Personalized:
+        """A result for ``rendered``; ``tokens``: (prompt, cached, completion); ``start``: perf_counter()."""
+        prompt_tokens, cached_tokens, completion_tokens = tokens
+        return cls(
+            answer=answer,
+            description=description,
+            raw=raw,
+            prompt=rendered.text,
+            shots_used=rendered.shots_used,
+            shots_available=rendered.shots_available,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
+            completion_tokens=completion_tokens,
+            seconds=time.perf_counter() - start,
+            first_token_seconds=first_token_seconds,
+        )
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -335,19 +362,8 @@ class Engine(PromptRenderer):
 
     def _finish(self, rendered: Rendered, extract, done: Done, start: float) -> Personalized:
         raw, answer, description = extract(self.tokenizer.decode(done.new_ids, skip_special_tokens=True))
-        return Personalized(
-            answer=answer,
-            description=description,
-            raw=raw,
-            prompt=rendered.text,
-            shots_used=rendered.shots_used,
-            shots_available=rendered.shots_available,
-            prompt_tokens=len(rendered.ids),
-            cached_tokens=done.cached_tokens,
-            completion_tokens=len(done.new_ids),
-            seconds=time.perf_counter() - start,
-            first_token_seconds=done.first_token_seconds,
-        )
+        tokens = (len(rendered.ids), done.cached_tokens, len(done.new_ids))
+        return Personalized.of(rendered, raw, answer, description, tokens, start, done.first_token_seconds)
 
     def generate(
         self,

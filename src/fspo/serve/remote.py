@@ -87,18 +87,9 @@ class RemoteEngine(PromptRenderer):
     # ---- generation ---------------------------------------------------------------------------
     @staticmethod
     def _result(rendered: Rendered, out: Completion, answer: str, raw: str, description, start: float) -> Personalized:
-        return Personalized(
-            answer=answer,
-            description=description,
-            raw=raw,
-            prompt=rendered.text,
-            shots_used=rendered.shots_used,
-            shots_available=rendered.shots_available,
-            prompt_tokens=out.prompt_tokens if out.prompt_tokens is not None else len(rendered.ids),
-            cached_tokens=out.cached_tokens,
-            completion_tokens=out.completion_tokens or 0,
-            seconds=time.perf_counter() - start,
-        )
+        prompt_tokens = out.prompt_tokens if out.prompt_tokens is not None else len(rendered.ids)
+        tokens = (prompt_tokens, out.cached_tokens, out.completion_tokens or 0)
+        return Personalized.of(rendered, raw, answer, description, tokens, start)
 
     def generate(
         self,
