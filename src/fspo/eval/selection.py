@@ -53,22 +53,24 @@ class Candidate:
     source: Path  # the checkpoint or final folder it shows
 
 
-def validation_users(record: RunRecord, data) -> list[str]:
-    """Held out of training by the run, and not a test user of the data."""
+def _test_users(data) -> set[str]:
+    """The users the data itself marks ``split: test``."""
     from fspo.data.splits import heldout_user_ids
 
-    _, test = heldout_user_ids(data, 0.0, 0)
-    return sorted(set(record.heldout_users) - set(test))
+    return set(heldout_user_ids(data, 0.0, 0)[1])
+
+
+def validation_users(record: RunRecord, data) -> list[str]:
+    """Held out of training by the run, and not a test user of the data."""
+    return sorted(set(record.heldout_users) - _test_users(data))
 
 
 def validation_view(data, dest: Path) -> Path:
     """A copy of the data without its test users (every row of the other users kept): eval then
     finds the validation users as the run's held-out users present in it."""
-    from fspo.data.splits import heldout_user_ids
-
-    _, test = heldout_user_ids(data, 0.0, 0)
-    write_jsonl(dest / "users.jsonl", [u for u in data.users.values() if u.user_id not in set(test)])
-    write_jsonl(dest / "prefs.jsonl", [r for r in data.prefs if r.user_id not in set(test)])
+    test = _test_users(data)
+    write_jsonl(dest / "users.jsonl", [u for u in data.users.values() if u.user_id not in test])
+    write_jsonl(dest / "prefs.jsonl", [r for r in data.prefs if r.user_id not in test])
     return dest
 
 
