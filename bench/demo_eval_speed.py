@@ -58,12 +58,26 @@ def run_eval_with(src: Path, demo: Path, out: Path, fast: bool = False) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def comparable(folder: Path) -> tuple[str, bytes]:
-    """eval.json without timings and output folder (canonical JSON), and generations.jsonl."""
+def comparable(folder: Path, drop: frozenset[str] = frozenset()) -> tuple[str, bytes]:
+    """eval.json without timings, output folder and the ``drop`` config keys (canonical JSON), and
+    generations.jsonl."""
     result = json.loads((folder / "eval.json").read_text())
     result.pop("timing", None)
-    result["config"].pop("out", None)
+    for key in {"out", *drop}:
+        result["config"].pop(key, None)
     return json.dumps(result, sort_keys=True), (folder / "generations.jsonl").read_bytes()
+
+
+def added_options(baseline: Path, current: Path) -> frozenset[str]:
+    """Eval options the current code has and the baseline lacks, each at its default (an option set
+    to anything else would be a different eval, and stays in the comparison)."""
+    from fspo.config import to_dict
+    from fspo.eval.config import EvalConfig
+
+    old = json.loads((baseline / "eval.json").read_text())["config"]
+    new = json.loads((current / "eval.json").read_text())["config"]
+    defaults = to_dict(EvalConfig())
+    return frozenset(k for k in set(new) - set(old) if k in defaults and new[k] == defaults[k])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline ({args.baseline[:10]}): {base['seconds']:.1f} s  {json.dumps(base['timing'])}", flush=True)
     new = run_eval_with(REPO / "src", demo, out / "current", args.fast)
     print(f"current: {new['seconds']:.1f} s  {json.dumps(new['timing'])}", flush=True)
-    same_json, same_gens = (a == b for a, b in zip(comparable(out / "baseline"), comparable(out / "current")))
+    added = added_options(out / "baseline", out / "current")
+    if added:
+        print(f"options added since the baseline, at their defaults, left out of the comparison: {sorted(added)}")
+    same_json, same_gens = (
+        a == b for a, b in zip(comparable(out / "baseline", added), comparable(out / "current", added))
+    )
     print(f"eval_speedup={base['seconds'] / new['seconds']:.2f}")
     print(f"identical eval.json (without timings): {same_json}; identical generations.jsonl: {same_gens}")
 

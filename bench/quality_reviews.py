@@ -21,13 +21,33 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SCALES = {
-    # users, training-data share of random held-out users, questions, sft steps, ipo steps, eval users,
-    # eval queries per user. full: 240 users over the 8 combinations (30 each); the whole unseen
+    # users, training-data share of random held-out users, questions, sft steps (RAT's own), ipo steps,
+    # eval users, eval queries per user. full: 240 users over the 8 combinations (30 each); the whole unseen
     # combination plus 20% of the rest are held out, which leaves about 168 training users (issue 13:
     # at least 150), and 12 held-out users x 4 queries = 48 answers per row.
-    "smoke": dict(users=16, heldout_users=0.25, questions=10, sft_steps=1, steps=2, eval_users=2, eval_queries=1),
-    "small": dict(users=48, heldout_users=0.25, questions=12, sft_steps=4, steps=10, eval_users=6, eval_queries=2),
-    "full": dict(users=240, heldout_users=0.2, questions=24, sft_steps=6, steps=30, eval_users=12, eval_queries=4),
+    "smoke": dict(
+        users=16, heldout_users=0.25, questions=10, sft_steps=1, rat_sft_steps=2, steps=2, eval_users=2, eval_queries=1
+    ),
+    "small": dict(
+        users=48,
+        heldout_users=0.25,
+        questions=12,
+        sft_steps=4,
+        rat_sft_steps=10,
+        steps=10,
+        eval_users=6,
+        eval_queries=2,
+    ),
+    "full": dict(
+        users=240,
+        heldout_users=0.2,
+        questions=24,
+        sft_steps=6,
+        rat_sft_steps=60,
+        steps=30,
+        eval_users=12,
+        eval_queries=4,
+    ),
 }
 HELDOUT_COMBO = {"sentiment": "negative", "length": "verbose", "perspective": "impersonal"}
 """One of the reviews domain's 8 attribute combinations (sentiment x length x perspective), held out
@@ -55,7 +75,7 @@ ROWS = [
     Row("pooled", "pooled", "pooled", 4),
     Row("fspo-ipo (4)", "fspo-ipo", "fspo4", 4),
     Row("fspo-ipo (8)", "fspo-ipo", "fspo8", 8),
-    Row("fspo-rat", "fspo-rat", "rat-contrast", 4),
+    Row("fspo-rat", "fspo-rat", "rat-sft60", 4),
     Row("oracle", "oracle", None, 4),
 ]
 
@@ -142,15 +162,17 @@ def run_overrides(data: Path, scale: dict, seed: int, model: str = "smollm2") ->
         # RAT: the NLL term covers the whole chosen completion, user description included, at the
         # weight the other rows give the answer (docs/training.md, description_weight); the rejected
         # completion carries the description of a user who prefers the rejected answer, so the
-        # preference loss trains the description too (data.rat_contrast; without it, 2026-11-30:
-        # descriptions at chance, 0% of users described correctly)
-        "rat-contrast": {
+        # preference loss trains the description too (data.rat_contrast); and 60 SFT steps, so the
+        # description is learnt before IPO moves it. docs/benchmarks.md has each step's effect
+        # (2026-11-30): descriptions at chance, then drifting from the template, then template-exact.
+        "rat-sft60": {
             "data.layout": "rat",
             "data.rat_contrast": True,
             "data.shots": 4,
             "data.max_length": 640,
             "loss.sft_weight": 0.0,
             "loss.description_weight": 0.5,
+            "optim.sft_steps": scale["rat_sft_steps"],
         },
     }
     return {name: {**common, **overrides} for name, overrides in runs.items()}
