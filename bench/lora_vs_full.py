@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     scale = {**quality_reviews.SCALES["small"], "steps": args.steps, "sft_steps": args.sft_steps}
     data = Path(args.data) if args.data else quality_reviews.build_data(out, scale, args.seed)
-    recipe = quality_reviews.run_overrides(data, scale, args.seed, args.model)["fspo4"]
+    # the 4-shot IPO row's recipe with this script's --sft-steps (as measured in docs/benchmarks.md)
+    recipe = {
+        **quality_reviews.run_overrides(data, scale, args.seed, args.model)["fspo4-sft60"],
+        "optim.sft_steps": args.sft_steps,
+    }
     sides = {
         "full": {**recipe, "optim.lr": args.full_lr},
         "lora": {
