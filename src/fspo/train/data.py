@@ -18,7 +18,6 @@ from fspo.data.splits import evenly_spaced, heldout_records, heldout_user_ids, t
 from fspo.data.truncation import EpisodeTokenizer, TokenizedPair, TruncationReport
 from fspo.errors import FspoError
 from fspo.train.config import DataConfig
-from fspo.train.fingerprint import data_digest
 
 
 @dataclass
@@ -31,7 +30,6 @@ class PreparedData:
     truncation: TruncationReport
     eval_truncation: TruncationReport
     notes: list[str] = field(default_factory=list)
-    digest: str = ""  # of the loaded records (fspo.train.fingerprint.data_digest)
     trees: list[list[int]] | None = None  # data.queries_per_tree > 1: indices into train, one list per tree
 
     @cached_property
@@ -52,7 +50,6 @@ class PreparedData:
 def prepare_training_data(cfg: DataConfig, tokenizer, seed: int, data: PreferenceData | None = None) -> PreparedData:
     """``data``: the records of ``cfg.path`` when the caller has loaded them already."""
     data = data if data is not None else load_data(cfg.path)
-    digest = data_digest(data.prefs, data.users)
     train_users, heldout = heldout_user_ids(data, cfg.heldout_users, seed)
     train_rows = training_records(data.prefs, heldout)
     if not train_rows:
@@ -92,9 +89,7 @@ def prepare_training_data(cfg: DataConfig, tokenizer, seed: int, data: Preferenc
         notes.append("no held-out users: training reports no held-out reward accuracy")
     if trees is not None:
         notes.append(f"shared-shot trees: {len(trees)} trees of up to {cfg.queries_per_tree} queries")
-    return PreparedData(
-        train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, digest, trees
-    )
+    return PreparedData(train_pairs, eval_pairs, train_users, heldout, summary, report, eval_report, notes, trees)
 
 
 def contrast_table(data, train_rows, train_users: set[str]) -> tuple[dict, str]:

@@ -598,11 +598,15 @@ def train(cfg: TrainConfig, command: str | None = None) -> Path:
     return out
 
 
+def _stage_dir(out: Path, cfg: TrainConfig, stage: str) -> Path:
+    """A two-stage run keeps each stage in its own folder; a one-stage run is its folder."""
+    return out / stage if len(cfg.stages()) > 1 else out
+
+
 def _finished(out: Path, cfg: TrainConfig) -> bool:
     """Every stage wrote its final model and the run its record."""
-    stages = cfg.stages()
-    finals = [(out / s if len(stages) > 1 else out) / "final" / "config.json" for s in stages]
-    return all(f.exists() for f in finals) and (out / "final" / "config.json").exists() and (out / RUN_FILE).exists()
+    finals = [_stage_dir(out, cfg, s) / FINAL_DIR for s in cfg.stages()] + [out / FINAL_DIR]
+    return all((f / "config.json").exists() for f in finals) and (out / RUN_FILE).exists()
 
 
 def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None:
@@ -623,8 +627,7 @@ def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None
                 record.write(out)
                 record.relocated(FINAL_DIR).write(out / FINAL_DIR)
                 for stage in cfg.stages():
-                    stage_dir = out / stage if len(cfg.stages()) > 1 else out
-                    print(f"[{stage}] already finished: {stage_dir / 'final'}")
+                    print(f"[{stage}] already finished: {_stage_dir(out, cfg, stage) / FINAL_DIR}")
             return
         data = prepare_training_data(cfg.data, tok, cfg.seed, records)
         for line in data.lines() if main else []:
@@ -640,8 +643,7 @@ def _train(cfg: TrainConfig, out: Path, main: bool, command: str | None) -> None
         init, ref = cfg.model.name, cfg.model.ref
         stage_dirs = {}
         for stage in cfg.stages():
-            stage_dir = out / stage if len(cfg.stages()) > 1 else out
-            final = run_stage(stage, cfg, init, ref, data, stage_dir)
+            final = run_stage(stage, cfg, init, ref, data, _stage_dir(out, cfg, stage))
             stage_dirs[stage] = str(final)
             init = str(final)
             ref = None  # after SFT, the SFT model is both the start and the reference
