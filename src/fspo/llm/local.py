@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from fspo.data.truncation import encode_prompt
 from fspo.llm.base import GenerationParams, Prompt, apply_stops
+from fspo.llm.kv import cache_keyword, growing_cache
 
 
 def generate_kwargs(params: GenerationParams, tokenizer) -> dict:
@@ -69,6 +70,10 @@ class LocalBackend:
             enc = self._left_padded(texts[start : start + self.batch_size])
             gen_kwargs = generate_kwargs(params, tok)
             # Seed per batch position so a batch's output does not depend on what ran before it.
+            # KV written in place (same logits, no copy of the cache per token; fspo.llm.kv)
+            cache = growing_cache(self.model, params.max_new_tokens)
+            if cache is not None:
+                gen_kwargs[cache_keyword(self.model)] = cache
             with torch.random.fork_rng():
                 torch.manual_seed(params.seed * 1_000_003 + start)
                 ids = self.model.generate(**enc, **gen_kwargs)

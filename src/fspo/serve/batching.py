@@ -18,9 +18,6 @@ next step. A sequence that finishes leaves the batch, and the padding nobody nee
 from __future__ import annotations
 
 import collections
-import contextlib
-import functools
-import os
 import queue
 import threading
 import time
@@ -30,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fspo.llm.base import GenerationParams
+from fspo.llm.kv import gqa_attention, growing_layer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
 
@@ -78,70 +76,6 @@ def _cache_of(kv: KV):
         cache.update(k[..., :0, :], v[..., :0, :], i)  # sets the layer up (dtype, device)
         cache.layers[i].keys, cache.layers[i].values = k, v
     return cache
-
-
-@functools.cache
-def _rows_layer():
-    """The batch's KV layer class (made on first use, so importing this module does not import
-    transformers): preallocated buffers [rows, heads, capacity, dim] written in place, where a
-    ``DynamicLayer`` copies the whole cache into a new tensor at every step."""
-    from transformers.cache_utils import DynamicLayer
-
-    class RowsLayer(DynamicLayer):
-        def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
-            super().__init__()
-            self.kbuf, self.vbuf, self.length = kbuf, vbuf, length
-            self.is_initialized = True
-            self.device = kbuf.device
-            self._view()
-
-        def _view(self) -> None:
-            self.keys, self.values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            t = key_states.shape[-2]
-            if self.length + t > self.kbuf.shape[-2]:  # full: double the capacity
-                grow = max(t, self.kbuf.shape[-2])
-                self.kbuf = torch.cat([self.kbuf, _zeros_like(self.kbuf, grow)], dim=-2)
-                self.vbuf = torch.cat([self.vbuf, _zeros_like(self.vbuf, grow)], dim=-2)
-            self.kbuf[:, :, self.length : self.length + t] = key_states
-            self.vbuf[:, :, self.length : self.length + t] = value_states
-            self.length += t
-            self._view()
-            return self.keys, self.values
-
-        def select(self, index: torch.Tensor | None, cut: int) -> None:
-            """Keep the rows ``index`` (all if None) and drop the first ``cut`` token columns."""
-            if index is not None:
-                self.kbuf, self.vbuf = self.kbuf[index], self.vbuf[index]
-            if cut:
-                self.kbuf, self.vbuf = self.kbuf[:, :, cut:], self.vbuf[:, :, cut:]
-                self.length -= cut
-            self._view()
-
-    return RowsLayer
-
-
-def _zeros_like(buf: torch.Tensor, tokens: int) -> torch.Tensor:
-    shape = list(buf.shape)
-    shape[-2] = tokens
-    return buf.new_zeros(shape)
-
-
-@contextlib.contextmanager
-def _gqa_attention(on: bool):
-    """Let transformers' SDPA attention use grouped-query attention with a padding mask (it repeats
-    the keys and values per query head otherwise: a copy of the whole batch's KV at every step, most
-    of a decode step's time on a CPU). Exact on the CPU (the same kernel math); scoped to the call."""
-    name = "TRANSFORMERS_SDPA_FORCE_GQA"
-    if not on or name in os.environ:
-        yield
-        return
-    os.environ[name] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def _kv_of(cache) -> KV:
@@ -314,7 +248,7 @@ class Batcher:
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None):
         kwargs = {self.cache_kw: cache, "logits_to_keep": 1}
-        with _gqa_attention(mask is not None and self.device.type == "cpu"):
+        with gqa_attention(mask is not None and self.device.type == "cpu"):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float()
 
@@ -359,7 +293,6 @@ class Batcher:
         for j, s in enumerate(joined, start=len(old)):
             mask[j, width - s.length :] = 1
         layers = []
-        rows_layer = _rows_layer()
         for i, (k0, v0) in enumerate(joined[0].kv):
             kbuf = k0.new_zeros(len(rows), k0.shape[1], capacity, k0.shape[3])
             vbuf = v0.new_zeros(len(rows), v0.shape[1], capacity, v0.shape[3])
@@ -370,7 +303,7 @@ class Batcher:
             for j, s in enumerate(joined, start=len(old)):
                 kbuf[j, :, width - s.length : width] = s.kv[i][0][0]
                 vbuf[j, :, width - s.length : width] = s.kv[i][1][0]
-            layers.append(rows_layer(kbuf, vbuf, width))
+            layers.append(growing_layer(kbuf, vbuf, width))
         for s in joined:
             s.kv = None
         cache = DynamicCache()

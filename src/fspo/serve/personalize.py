@@ -16,7 +16,6 @@ forwarded as they are sampled, so a streamed answer equals the non-streamed one,
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +38,7 @@ from fspo.data.schema import PreferenceRecord
 from fspo.data.truncation import encode_completion, encode_prompt, fit_generation_prompt
 from fspo.errors import FspoError
 from fspo.llm.base import GenerationParams, apply_stops
+from fspo.llm.kv import cache_keyword
 from fspo.serve.batching import KV, Batcher, Done, Job
 
 # A generation that starts a new example or task block is finished.
@@ -280,9 +280,7 @@ class Engine(PromptRenderer):
         self.tokenizer = tokenizer
         self.info = info
         self.cache = PrefixCache(cache_users)
-        # transformers renamed ``past_key_values`` to ``cache``; support both spellings.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(model)
         self.batcher = Batcher(self.model, tokenizer, self._cache_kw, max_batch=max_batch)
 
     @classmethod
