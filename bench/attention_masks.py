@@ -1,6 +1,8 @@
 """Attention with a tree mask on this CPU: SDPA with an additive float mask, SDPA with a boolean mask,
-and torch's flex_attention with a block mask (eager and torch.compile'd): forward, and forward +
-backward where the kernel has one (flex_attention has no CPU backward in torch 2.13).
+fspo's segments (one SDPA call per segment over the keys it may see, no dense mask:
+``fspo.train.segments``), and torch's flex_attention with a block mask (eager and torch.compile'd):
+forward, and forward + backward where the kernel has one (flex_attention has no CPU backward in
+torch 2.13).
 
 The shape is SmolLM2-135M's attention (9 query heads, 3 key/value heads, head dim 64) over one
 8-shot tree row: a trunk of ``--trunk`` tokens, then ``--queries`` branches of ``--branch`` tokens
@@ -31,6 +33,13 @@ def tree_tags(trunk: int, queries: int, branch: int) -> tuple[torch.Tensor, torc
         br += [b] * branch
         part += [0] * q + [1] * c + [2] * r
     return torch.tensor(br), torch.tensor(part)
+
+
+def branch_lengths(queries: int, branch: int) -> list[tuple[int, int, int]]:
+    """(prompt rest, chosen, rejected) per branch, as :func:`tree_tags` splits them."""
+    q = min(20, branch)
+    c = (branch - q) // 2
+    return [(q, c, branch - q - c)] * queries
 
 
 def dense_allowed(br: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
@@ -102,10 +111,18 @@ def main(argv=None) -> None:
             results[(name, "fwd+bwd" if backward else "fwd")] = best(
                 run(lambda m=mask: sdpa(m), backward), args.repeats
             )
+    from fspo.train.segments import SegmentPlan, segment_attention, tree_segments
+
+    plan = SegmentPlan([tree_segments(args.trunk, branch_lengths(args.queries, args.branch))] * args.rows)
+    for backward in (False, True):
+        results[("segments", "fwd+bwd" if backward else "fwd")] = best(
+            run(lambda: segment_attention(q, k, v, plan, None), backward), args.repeats
+        )
     with torch.no_grad():
         ref = sdpa(add_mask)
         err_bool = float((sdpa(bool_mask) - ref).abs().max())
-    print(f"max |sdpa bool - sdpa additive| = {err_bool:.2e}")
+        err_seg = float((segment_attention(q, k, v, plan, None) - ref).abs().max())
+    print(f"max |sdpa bool - sdpa additive| = {err_bool:.2e}; max |segments - sdpa additive| = {err_seg:.2e}")
 
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

@@ -276,10 +276,13 @@ class FspoSide:
     def __init__(self, policy, ref, cfg, pad_id: int, device: str):
         self.policy, self.ref, self.cfg, self.pad_id, self.device = policy, ref, cfg, pad_id, device
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.optim.lr)
+        self.segments = True  # False: the "-dense" sides (SDPA with the dense mask, no segments)
 
     def step(self, pairs) -> float:
+        import fspo.train.packing as packing
         from fspo.train.trainer import stage_loss
 
+        packing.SEGMENT_ATTENTION = self.segments
         sync(self.device)
         t = time.perf_counter()
         loss, _, _ = stage_loss("ipo", self.policy, self.ref, pairs, self.cfg, self.pad_id, self.device)
@@ -422,8 +425,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--sides",
         default=None,
-        help="any of fspo, fspo-trees, fspo-naive (separate rows), trl (default: fspo,trl; with --trees "
-        "fspo-trees,fspo,trl)",
+        help="any of fspo, fspo-trees, fspo-naive (separate rows), trl, and fspo-dense, fspo-trees-dense (SDPA "
+        "with the dense mask instead of segments) (default: fspo,trl; with --trees fspo-trees,fspo,trl)",
     )
     ap.add_argument("--trees", type=int, default=0, help="K > 1: pairs from shared-shot trees of K queries (see above)")
     ap.add_argument("--grad-ckpt", action="store_true", help="also measure fspo with gradient checkpointing")
@@ -462,7 +465,7 @@ def main(argv=None) -> None:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     shots_list = [int(s) for s in args.shots.split(",")]
     sides = (args.sides or ("fspo-trees,fspo,trl" if args.trees > 1 else "fspo,trl")).split(",")
-    if "fspo-trees" in sides and args.trees < 2:
+    if any(s.startswith("fspo-trees") for s in sides) and args.trees < 2:
         raise SystemExit("the fspo-trees side needs --trees K (K >= 2)")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device_name}; dtype {args.dtype}; torch {torch.__version__}; threads {torch.get_num_threads()}")
@@ -483,11 +486,13 @@ def main(argv=None) -> None:
     for s in sides:
         cfg = TrainConfig()
         cfg.loss.reduction, cfg.loss.beta, cfg.optim.lr = "mean", args.beta, args.lr
-        cfg.optim.shared_prefix = s in ("fspo", "fspo-trees")
-        if s == "fspo-trees":
+        kind = s.removesuffix("-dense")
+        cfg.optim.shared_prefix = kind in ("fspo", "fspo-trees")
+        if kind == "fspo-trees":
             cfg.data.queries_per_tree = args.trees
-        if s in ("fspo", "fspo-naive", "fspo-trees"):
+        if kind in ("fspo", "fspo-naive", "fspo-trees") and (kind == s or kind != "fspo-naive"):
             runners[s] = FspoSide(*models[s], cfg, pad_id, args.device)
+            runners[s].segments = kind == s
         elif s == "trl":
             import tempfile
 
@@ -521,7 +526,12 @@ def main(argv=None) -> None:
                 if s == "trl":
                     runners[s].run_round(rebatch(round_batches, args.trl_batch_size), stats[s], args.warmup)
                 else:
-                    runners[s].run_round(round_batches, stats[s], args.warmup, args.layout if s == "fspo" else "rows")
+                    runners[s].run_round(
+                        round_batches,
+                        stats[s],
+                        args.warmup,
+                        args.layout if s.removesuffix("-dense") == "fspo" else "rows",
+                    )
                 print(f"  round {r + 1} {s}: {time.perf_counter() - t:.1f} s", flush=True)
         print(header)
         row = {"shots": shots, "tokens_per_pair": mean_tok, "prompt_tokens": mean_prompt}
@@ -541,6 +551,11 @@ def main(argv=None) -> None:
             row["speedup_vs_trl_trees"] = row["fspo-trees"]["pairs_per_s"] / row["trl"]["pairs_per_s"]
             row["speedup_vs_trl"] = row["speedup_vs_trl_trees"]
             print(f"  speedup fspo-trees vs TRL at {shots} shots: {row['speedup_vs_trl_trees']:.2f}x", flush=True)
+        for s in sides:
+            if s.endswith("-dense") and s.removesuffix("-dense") in sides:
+                key = f"segments_vs_dense_{s.removesuffix('-dense').replace('-', '_')}"
+                row[key] = row[s.removesuffix("-dense")]["pairs_per_s"] / row[s]["pairs_per_s"]
+                print(f"  {key}={row[key]:.2f}", flush=True)
         results.append(row)
 
     gc_result = None

@@ -78,3 +78,15 @@ def test_model_against_itself_has_zero_margin(tmp_path):
     curve = reward_accuracy_curve(Scorer("tiny", None, "fspo"), {0: eps, 1: eps}, pool, cache, 512, {})
     assert curve["metric"] == "loglik" and set(curve["points"]) == {"0", "1"}
     assert curve["points"]["1"]["n"] == len(eps)
+
+
+def test_scoring_keeps_the_dense_mask(tmp_path, monkeypatch):
+    """Reward-accuracy scoring runs SDPA with the dense mask, not segments (fspo.train.segments), so
+    the eval's log-probs keep the bits of earlier versions."""
+    import fspo.train.segments as seg
+
+    monkeypatch.setattr(seg, "segment_attention", lambda *a: pytest.fail("eval scoring used segments"))
+    pool = ModelPool()
+    _, tok = pool.get("tiny")
+    pairs = [EpisodeTokenizer(tok, 512, "fspo").tokenize(e) for e in select_episodes(records(), 2, seed=0)[:2]]
+    assert len(sequence_logps("tiny", pairs, pool, CallCache(tmp_path / "c.sqlite"))) == 2

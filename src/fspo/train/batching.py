@@ -93,6 +93,7 @@ def pair_logps(
     device,
     shared_prefix: bool = False,
     queries_per_tree: int = 1,
+    segments: bool | None = None,
 ):
     """(chosen, rejected) reduced log-probs of a batch of pairs.
 
@@ -101,12 +102,13 @@ def pair_logps(
     ``queries_per_tree`` > 1 (with ``shared_prefix``) puts up to that many pairs whose prompts
     share their start (the same user's shots) into one tree row (:func:`packing.collate_trees`).
     Only the tokens where the two completions differ are scored (:meth:`TokenizedPair.preference_view`).
+    ``segments``: see :func:`packing.shared_prefix_logps`.
     """
     pairs = [p.preference_view() for p in pairs]
     if shared_prefix and packing.supports_shared_prefix(model):
         if queries_per_tree > 1:
-            return packing.tree_pair_logps(model, pairs, pad_id, reduction, device, queries_per_tree)
-        return packing.packed_pair_logps(model, pairs, pad_id, reduction, device)
+            return packing.tree_pair_logps(model, pairs, pad_id, reduction, device, queries_per_tree, segments)
+        return packing.packed_pair_logps(model, pairs, pad_id, reduction, device, segments=segments)
     batch = collate_pairs(pairs, pad_id).to(device)
     return split_pair_logps(completion_logps(model, batch, reduction))
 

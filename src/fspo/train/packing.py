@@ -28,10 +28,12 @@ shared-prefix sequence. The trunk is the pairs' longest common prompt prefix in 
 token keeps its separate-episode context and position whatever the pairs are (exactness does not
 depend on how they were grouped; the saving does).
 
-The mask goes to SDPA and eager attention as an additive float mask. ``bench/attention_masks.py``
-measured it against SDPA with a boolean mask (no faster: SDPA's CPU path turns it into a float
-mask in every layer) and ``flex_attention`` block masks (no CPU backward in torch 2.13, and its
-compiled forward was not faster either) for an 8-shot tree row (docs/benchmarks.md).
+The mask goes to SDPA and eager attention as an additive float mask. On an SDPA model the batch's
+rows also carry their segments (:mod:`fspo.train.segments`): attention then runs one SDPA call per
+segment over the keys it may see instead of all L² scores of the dense mask (the same values within
+float rounding). ``bench/attention_masks.py`` measured the dense mask against SDPA with a boolean
+mask (no faster), ``flex_attention`` block masks (no CPU backward in torch 2.13, and its compiled
+forward was not faster either) and the segments for an 8-shot tree row (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 
 from fspo.data.truncation import TokenizedPair
 from fspo.train.losses import reduce_logps
+from fspo.train.segments import Segment, SegmentPlan, attach, pair_segments, tree_segments
 
 LAYOUTS = ("rows", "packed")
 DEFAULT_LAYOUT = "rows"
@@ -65,6 +68,7 @@ class SharedPrefixBatch:
     counts: torch.Tensor  # [2 * n_pairs]: completion lengths, chosen then rejected
     n_pairs: int
     prompt_tokens: int
+    plan: SegmentPlan | None = None  # the rows' segments (fspo.train.segments), for SDPA without the dense mask
 
     def to(self, device) -> SharedPrefixBatch:
         return SharedPrefixBatch(
@@ -78,6 +82,7 @@ class SharedPrefixBatch:
             self.counts.to(device),
             self.n_pairs,
             self.prompt_tokens,
+            self.plan,
         )
 
     @property
@@ -119,11 +124,14 @@ def collate_shared_prefix(
     pred_rc: list[tuple[int, int]] = []
     targets: list[int] = []
     segments: list[int] = []
+    plan_rows: list[tuple[Segment, ...]] = []
     for row, group in enumerate(groups):
         start = 0
+        row_segments: list[Segment] = []
         for i in group:
             pair = pairs[i]
             ids, pos, br = _pair_layout(pair)
+            row_segments += pair_segments(start, len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids))
             end = start + len(ids)
             input_ids[row, start:end] = torch.tensor(ids)
             position_ids[row, start:end] = torch.tensor(pos)
@@ -140,6 +148,7 @@ def collate_shared_prefix(
                 targets.append(tok)
                 segments.append(n + i)
             start = end
+        plan_rows.append(tuple(row_segments))
         if start < width:  # padding keeps positions increasing (harmless, never attended)
             position_ids[row, start:] = torch.arange(width - start)
     for row, col in pred_rc:
@@ -163,6 +172,7 @@ def collate_shared_prefix(
         counts,
         n,
         sum(len(p.prompt_ids) for p in pairs),
+        SegmentPlan(plan_rows),
     )
 
 
@@ -226,9 +236,13 @@ def collate_trees(pairs: Sequence[TokenizedPair], groups: Sequence[Sequence[int]
     if any(len(p.prompt_ids) == 0 for p in pairs):
         raise ValueError("tree batches need a non-empty prompt (it predicts the first completion token)")
     rows_ids, rows_pos, rows_branch, rows_part, preds = [], [], [], [], []
+    plan_rows: list[tuple[Segment, ...]] = []
     for row, g in enumerate(groups):
         members = [pairs[i] for i in g]
         t = trunk_length(members)
+        plan_rows.append(
+            tree_segments(t, [(len(p.prompt_ids) - t, len(p.chosen_ids), len(p.rejected_ids)) for p in members])
+        )
         ids = list(members[0].prompt_ids[:t])
         pos = list(range(t))
         branch = [-1] * t  # -1: the trunk, b: branch b of this row
@@ -288,16 +302,23 @@ def collate_trees(pairs: Sequence[TokenizedPair], groups: Sequence[Sequence[int]
         counts,
         n,
         sum(len(x) for x in rows_ids) - int(counts.sum()),  # each trunk once + every prompt's rest
+        SegmentPlan(plan_rows),
     )
 
 
 def tree_pair_logps(
-    model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, max_queries: int
+    model,
+    pairs: Sequence[TokenizedPair],
+    pad_id: int,
+    reduction: str,
+    device,
+    max_queries: int,
+    segments: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) reduced log-probs, pairs with a common prompt start sharing one row
     (:func:`tree_groups`, at most ``max_queries`` per row). Needs :func:`supports_shared_prefix`."""
     batch = collate_trees(pairs, tree_groups(pairs, max_queries), pad_id).to(device)
-    return shared_prefix_logps(model, batch, reduction)
+    return shared_prefix_logps(model, batch, reduction, segments)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -323,11 +344,22 @@ def model_dtype(model) -> torch.dtype:
     return torch.float32
 
 
-def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) reduced log-probs from one forward over the shared-prefix batch."""
+SEGMENT_ATTENTION = True
+"""Default of :func:`shared_prefix_logps`'s ``segments`` (benchmarks switch it to time the dense mask)."""
+
+
+def shared_prefix_logps(
+    model, batch: SharedPrefixBatch, reduction: str = "mean", segments: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) reduced log-probs from one forward over the shared-prefix batch.
+    ``segments`` (default :data:`SEGMENT_ATTENTION`): on an SDPA model, attention runs the rows'
+    segments instead of the dense mask (:mod:`fspo.train.segments`)."""
+    mask = additive_mask(batch.allowed, model_dtype(model))
+    if (SEGMENT_ATTENTION if segments is None else segments) and attention_implementation(model) == "sdpa":
+        attach(mask, batch.plan)
     out = model(
         input_ids=batch.input_ids,
-        attention_mask=additive_mask(batch.allowed, model_dtype(model)),
+        attention_mask=mask,
         position_ids=batch.position_ids,
         logits_to_keep=batch.keep,
         use_cache=False,
@@ -344,10 +376,16 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch, reduction: str = "mean"
 
 
 def packed_pair_logps(
-    model, pairs: Sequence[TokenizedPair], pad_id: int, reduction: str, device, layout: str = DEFAULT_LAYOUT
+    model,
+    pairs: Sequence[TokenizedPair],
+    pad_id: int,
+    reduction: str,
+    device,
+    layout: str = DEFAULT_LAYOUT,
+    segments: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) reduced log-probs with the prompt computed once per pair. Needs an
     attention implementation that takes a 4D mask (:func:`supports_shared_prefix`);
     :func:`fspo.train.batching.pair_logps` falls back to separate rows otherwise."""
     batch = collate_shared_prefix(pairs, pad_id, layout).to(device)
-    return shared_prefix_logps(model, batch, reduction)
+    return shared_prefix_logps(model, batch, reduction, segments)
