@@ -14,7 +14,9 @@ Definitions (printed with the results):
   fspo: prompt + chosen + rejected + padding; fspo-trees: each tree's shots once, then every
   query's rest of the prompt and both answers, + padding);
 - GFLOP/s: 8·params·processed_tokens / s (6·N·T for the policy forward+backward, 2·N·T for the
-  reference forward; attention FLOPs ignored), against a torch.mm roofline measured in this run;
+  reference forward; attention FLOPs ignored), against a torch.mm roofline measured right before and
+  after each of the side's rounds (this machine's torch.mm rate moved between 143 and 270 GFLOP/s
+  from one run to the next, so a roofline measured once at the start made %roof drift with it);
 - peak memory: CPU: the highest process RSS sampled every 2 ms during the side's timed steps
   (psutil; glibc is asked to return freed memory before each phase), and that peak minus the RSS
   just before the phase; CUDA: torch.cuda.max_memory_allocated.
@@ -241,6 +243,7 @@ class SideStats:
     pairs: int = 0
     peak_mb: float = 0.0
     delta_mb: float = 0.0
+    rooflines: list[float] = field(default_factory=list)  # torch.mm GFLOP/s around this side's rounds
 
     def add(self, seconds: float, pairs, processed: int) -> None:
         self.seconds.append(seconds)
@@ -254,6 +257,7 @@ class SideStats:
 
     def row(self, params: int, roofline: float) -> dict:
         gflops = 8 * params * self.processed / self.total / 1e9
+        roofline = statistics.mean(self.rooflines) if self.rooflines else roofline
         return {
             "step_s": statistics.median(self.seconds),
             "tokens_per_s": self.useful / self.total,
@@ -261,6 +265,7 @@ class SideStats:
             "processed_tokens_per_s": self.processed / self.total,
             "gflop_per_s": gflops,
             "roofline_pct": 100 * gflops / roofline,
+            "roofline_gflops": roofline,
             "peak_mem_mb": self.peak_mb,
             "step_mem_mb": self.delta_mb,
             "timed_steps": len(self.seconds),
@@ -470,7 +475,9 @@ def main(argv=None) -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device_name}; dtype {args.dtype}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     roofline = matmul_roofline(args.device, dtype)
-    print(f"matmul roofline (torch.mm 2048^3, {args.dtype}): {roofline:.1f} GFLOP/s")
+    print(
+        f"matmul roofline (torch.mm 2048^3, {args.dtype}): {roofline:.1f} GFLOP/s at the start (%roof uses each side's own)"
+    )
 
     tok = load_tokenizer(args.model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -508,7 +515,7 @@ def main(argv=None) -> None:
 
     per_round = args.warmup + args.steps
     results = []
-    header = f"{'shots':>5} {'tok/pair':>8} {'side':>10} {'step s':>7} {'tok/s':>7} {'pairs/s':>7} {'GFLOP/s':>7} {'%roof':>6} {'peak MB':>8} {'step MB':>8}"
+    header = f"{'shots':>5} {'tok/pair':>8} {'side':>10} {'step s':>7} {'tok/s':>7} {'pairs/s':>7} {'GFLOP/s':>7} {'%roof':>6} {'roof':>5} {'peak MB':>8} {'step MB':>8}"
     for shots in shots_list:
         pairs = bench_pairs(tok, shots, args.batch_size * per_round * args.rounds, args.words, trees=args.trees)
         batches = [pairs[i : i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
@@ -522,6 +529,7 @@ def main(argv=None) -> None:
             round_batches = batches[r * per_round : (r + 1) * per_round]
             order = sides if r % 2 == 0 else sides[::-1]
             for s in order:
+                stats[s].rooflines.append(matmul_roofline(args.device, dtype, repeats=3))
                 t = time.perf_counter()
                 if s == "trl":
                     runners[s].run_round(rebatch(round_batches, args.trl_batch_size), stats[s], args.warmup)
@@ -532,7 +540,13 @@ def main(argv=None) -> None:
                         args.warmup,
                         args.layout if s.removesuffix("-dense") == "fspo" else "rows",
                     )
-                print(f"  round {r + 1} {s}: {time.perf_counter() - t:.1f} s", flush=True)
+                took = time.perf_counter() - t
+                stats[s].rooflines.append(matmul_roofline(args.device, dtype, repeats=3))
+                print(
+                    f"  round {r + 1} {s}: {took:.1f} s (torch.mm {stats[s].rooflines[-2]:.0f} -> "
+                    f"{stats[s].rooflines[-1]:.0f} GFLOP/s)",
+                    flush=True,
+                )
         print(header)
         row = {"shots": shots, "tokens_per_pair": mean_tok, "prompt_tokens": mean_prompt}
         for s in sides:
@@ -540,7 +554,7 @@ def main(argv=None) -> None:
             row[s] = res
             print(
                 f"{shots:>5} {mean_tok:>8.0f} {s:>10} {res['step_s']:>7.2f} {res['tokens_per_s']:>7.1f} "
-                f"{res['pairs_per_s']:>7.3f} {res['gflop_per_s']:>7.1f} {res['roofline_pct']:>6.1f} "
+                f"{res['pairs_per_s']:>7.3f} {res['gflop_per_s']:>7.1f} {res['roofline_pct']:>6.1f} {res['roofline_gflops']:>5.0f} "
                 f"{res['peak_mem_mb']:>8.0f} {res['step_mem_mb']:>8.0f}"
             )
         if "fspo" in sides and "trl" in sides:
