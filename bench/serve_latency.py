@@ -10,7 +10,9 @@ and batching (concurrent clients vs one at a time).
    send ``--requests`` greedy questions. Sequential = the same requests one at a time; concurrent
    = one thread per client, all at once, so the engine batches them. Both orders run twice,
    alternating; greedy outputs must be identical in both, so the tokens generated are the same and
-   the throughput ratio is the wall-time ratio.
+   the throughput ratio is the wall-time ratio. The concurrent run is repeated with every admitted
+   question prefilled alone (the scheduler's ``group_prefill`` off), alternating which goes first,
+   to measure what prefilling the questions of requests admitted together in one forward gains.
 
     python bench/serve_latency.py                 # embedded SmolLM2-135M
     python bench/serve_latency.py --model tiny    # seconds, for a smoke run
@@ -139,30 +141,47 @@ def concurrency(engine: Engine, args) -> None:
         return time.perf_counter() - start, outs
 
     seq_s, conc_s, seq_lat, conc_lat, conc_ttft, reference = [], [], [], [], [], None
+    alone_s, alone_ttft = [], []  # the concurrent run with every admitted question prefilled alone
     for rnd in range(args.rounds):
         engine.batcher.max_rows_seen = 0
         s_s, s_out = sequential()
-        c_s, c_out = concurrent()
+        runs = {}
+        for grouped in (True, False) if rnd % 2 == 0 else (False, True):
+            engine.batcher.group_prefill = grouped
+            prefills = engine.batcher.prefills
+            runs[grouped] = (*concurrent(), engine.batcher.prefills - prefills)
+        engine.batcher.group_prefill = True
+        (c_s, c_out, prefills), (a_s, a_out, a_prefills) = runs[True], runs[False]
         reference = reference or [o.raw for o in s_out]
-        assert [o.raw for o in s_out] == reference == [o.raw for o in c_out], "batched greedy outputs differ"
+        for outs in (s_out, c_out, a_out):
+            assert [o.raw for o in outs] == reference, "batched greedy outputs differ"
         hits = sum(o.cached_tokens > 0 for o in s_out + c_out)
         tokens = sum(o.completion_tokens for o in s_out)
         seq_s.append(s_s)
         conc_s.append(c_s)
+        alone_s.append(a_s)
         seq_lat += [o.seconds for o in s_out]
         conc_lat += [o.seconds for o in c_out]
         conc_ttft += [o.first_token_seconds for o in c_out]
+        alone_ttft += [o.first_token_seconds for o in a_out]
         print(
             f"round {rnd}: requests={len(work)} new_tokens={tokens} sequential_s={s_s:.2f} concurrent_s={c_s:.2f} "
-            f"ratio={s_s / c_s:.2f} max_batch_seen={engine.batcher.max_rows_seen} prefix_hits={hits}/{2 * len(work)}"
+            f"ratio={s_s / c_s:.2f} max_batch_seen={engine.batcher.max_rows_seen} prefix_hits={hits}/{2 * len(work)} "
+            f"prefill_forwards={prefills}; questions prefilled alone: concurrent_s={a_s:.2f} "
+            f"ratio={s_s / a_s:.2f} prefill_forwards={a_prefills}"
         )
-    seq, conc = statistics.median(seq_s), statistics.median(conc_s)
+    seq, conc, alone = statistics.median(seq_s), statistics.median(conc_s), statistics.median(alone_s)
     print(
         f"concurrency: clients={args.clients} requests={len(work)} new_tokens={tokens} "
         f"sequential_tok_s={tokens / seq:.1f} concurrent_tok_s={tokens / conc:.1f} "
         f"throughput_ratio={seq / conc:.2f} "
         f"p95_latency_s={p95(conc_lat):.2f} (one at a time: {p95(seq_lat):.2f}) "
         f"p95_ttft_s={p95(conc_ttft):.2f}"
+    )
+    print(
+        f"prefill_together: throughput_ratio={seq / conc:.2f} vs {seq / alone:.2f} with questions prefilled alone; "
+        f"p95_ttft_s={p95(conc_ttft):.2f} vs {p95(alone_ttft):.2f}; median_ttft_s="
+        f"{statistics.median(conc_ttft):.2f} vs {statistics.median(alone_ttft):.2f}"
     )
 
 

@@ -3,7 +3,8 @@
 Two arms start from the same model and train IPO with the trainer's own step (``stage_loss``,
 backward, clipping, AdamW) on the same data:
 - ``separate``: separate episodes, shared prefix, ``--batch`` pairs per step;
-- ``trees``: ``data.queries_per_tree K``, ``--batch // K`` trees (up to ``--batch`` pairs) per step.
+- ``trees``: ``data.queries_per_tree K``, ``--batch // K`` trees (up to ``--batch`` pairs) per step, or
+  ``--trees-per-step`` trees (with ``--batch``: as many users per step as the separate arm, K times the pairs).
 Steps of the two arms alternate, so both see the same machine load, and an arm takes another step
 only while its step time so far plus its last step's time stays within ``--seconds`` (so neither
 arm overshoots the budget by a whole step). Then both are scored on the same held-out episodes (held-out
@@ -51,6 +52,12 @@ def main(argv=None) -> None:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--trees", type=int, default=4, help="K: queries per tree of the trees arm")
     ap.add_argument("--batch", type=int, default=4, help="pairs per step (the trees arm: batch // K trees)")
+    ap.add_argument(
+        "--trees-per-step",
+        type=int,
+        default=None,
+        help="trees per step of the trees arm (default batch // K; = batch gives it as many users per step)",
+    )
     ap.add_argument("--seconds", type=float, default=150.0, help="training step time per arm")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.5)
@@ -61,6 +68,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.trees_per_step is not None and args.trees_per_step < 1:
+        ap.error("--trees-per-step: at least 1")
     torch.set_num_threads(args.threads)
 
     from fspo.data.episodes import build_episodes
@@ -82,7 +91,7 @@ def main(argv=None) -> None:
         cfg = TrainConfig()
         cfg.data.path, cfg.data.shots, cfg.data.queries_per_tree = args.data, args.shots, k
         cfg.optim.shared_prefix, cfg.optim.lr = True, args.lr
-        cfg.optim.batch_size = args.batch if k == 1 else max(1, args.batch // k)
+        cfg.optim.batch_size = args.batch if k == 1 else (args.trees_per_step or max(1, args.batch // k))
         cfg.loss.name, cfg.loss.beta, cfg.loss.reduction, cfg.loss.sft_weight = (
             "ipo",
             args.beta,

@@ -8,10 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fspo.data.runs import resolve_model
 from fspo.data.schema import PreferenceRecord
 from fspo.llm.base import GenerationParams
+from fspo.serve.batching import prefill_groups
 from fspo.serve.personalize import Engine, Personalized
 
 GREEDY = GenerationParams(max_new_tokens=24)
@@ -303,3 +307,47 @@ def test_http_concurrent_users_and_n_choices_are_batched(engine: Engine, tmp_pat
                 f"{base}/v1/chat/completions", json=chat | {"n": 1, "seed": 5 + i}, headers=admin, timeout=60
             ).json()
             assert choice["message"]["content"] == one["choices"][0]["message"]["content"]
+
+
+def test_prefilled_together_equals_alone(engine: Engine) -> None:
+    """Suffixes of different lengths after prefixes of different lengths, a row with no prefix
+    among them: the logits after each suffix and its KV equal the one-sequence prefill's."""
+    b = engine.batcher
+    ids = [engine.tokenizer.encode(f"Review {i} of the film with a long name {i * 7}.") for i in range(4)]
+    rows = []
+    for i, n in enumerate([0, 3, 9, 5]):
+        kv = b.prefill(ids[i][:n])[0] if n else None
+        rows.append((ids[i][n:], n, kv))
+    together_ = b._prefill_together(rows)
+    for (suffix, n, kv), (kv_t, logits_t) in zip(rows, together_):
+        kv_a, logits_a = b.prefill(suffix, kv, start=n)
+        assert torch.isfinite(logits_t).all()
+        torch.testing.assert_close(logits_t, logits_a, rtol=1e-5, atol=1e-5)
+        for (ka, va), (kt, vt) in zip(kv_a, kv_t):
+            assert kt.shape == ka.shape
+            torch.testing.assert_close(kt, ka, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(vt, va, rtol=1e-5, atol=1e-5)
+
+
+def test_warm_requests_admitted_together_share_one_prefill(engine: Engine) -> None:
+    users = {f"pf{i}": shots(f"pf{i}", 3, f"p{i}q") for i in range(5)}
+    alone = {u: engine.generate(u, s, "Which film?", GREEDY, use_cache=False) for u, s in users.items()}
+    for u, s in users.items():  # warm every user's prefix
+        engine.generate(u, s, "Warm up.", GenerationParams(max_new_tokens=1))
+    before = engine.batcher.prefills
+    outs = together(engine, [lambda u=u, s=s: engine.stream(u, s, "Which film?", GREEDY) for u, s in users.items()])
+    assert engine.batcher.prefills - before == 1  # five questions after five cached prefixes: one forward
+    for u, items in zip(users, outs):
+        r = result(items)
+        assert r.cached_tokens > 0 and r.raw == alone[u].raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 3000), max_size=20), st.integers(1, 8192))
+def test_prefill_groups_cover_every_job_once_with_bounded_padding(lengths: list[int], max_tokens: int) -> None:
+    groups = prefill_groups(lengths, max_tokens)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        if len(g) > 1:
+            padded = len(g) * max(lengths[i] for i in g)
+            assert padded <= 2 * sum(lengths[i] for i in g) and padded <= max_tokens

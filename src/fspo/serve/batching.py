@@ -1,10 +1,11 @@
 """Continuous batching for the serving engine: one scheduler thread owns the model.
 
 Requests are queued as :class:`Job` objects. Between two decode steps the scheduler admits the
-waiting jobs (up to ``max_batch`` sequences in flight): each is prefilled on its own (the user's
-cached prefix KV plus the uncached suffix, or the whole prompt) and its first token is sampled and
+waiting jobs (up to ``max_batch`` sequences in flight): each gets its user's cached prefix KV, the
+uncached suffixes (the questions, or whole prompts) of jobs admitted together are prefilled
+together in one forward (grouped so that padding stays small), and each first token is sampled and
 sent at once, so the time to first token is one prefill, not the rest of someone else's answer.
-Then it joins the running batch. Every decode step runs all sequences in flight as one forward
+Then they join the running batch. Every decode step runs all sequences in flight as one forward
 pass: their KV caches are left-padded to a common width, with an attention mask over the padding
 and each sequence's own positions, so a sequence's logits do not depend on its neighbours beyond
 floating-point rounding (greedy outputs are tested to be identical batched and alone).
@@ -91,6 +92,25 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def prefill_groups(suffix_lengths: Sequence[int], max_tokens: int = 4096) -> list[list[int]]:
+    """Which admitted jobs to prefill together: indices grouped in order of suffix length, a group
+    growing while its padded tokens (rows x longest suffix) stay within twice its real ones and
+    ``max_tokens`` (a long cold prompt is prefilled alone rather than padding short ones to its length)."""
+    groups: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(suffix_lengths)), key=lambda i: suffix_lengths[i]):
+        m = suffix_lengths[i]
+        if groups:
+            padded = (len(groups[-1]) + 1) * m
+            if padded <= 2 * (real + m) and padded <= max_tokens:
+                groups[-1].append(i)
+                real += m
+                continue
+        groups.append([i])
+        real = m
+    return groups
 
 
 class _Seq:
@@ -180,6 +200,8 @@ class Batcher:
         self._cache = None
         self._mask: torch.Tensor | None = None
         self.steps = 0  # decode steps run (for tests and benchmarks)
+        self.prefills = 0  # prefill forwards run (alone or together)
+        self.group_prefill = True  # False: every admitted job is prefilled alone (for benchmarks)
         self.max_rows_seen = 0
 
     @property
@@ -221,18 +243,13 @@ class Batcher:
                     break
                 room = self.max_batch - len(self._rows)
                 admit = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-            joined = []
+            live = []
             for job in admit:
                 if job.cancelled.is_set():
                     job.events.put(("done", Done(0, [], None)))
-                    continue
-                try:
-                    seq = self._start(job)
-                except BaseException as exc:  # this request fails; the others go on
-                    job.events.put(("error", exc))
-                    continue
-                if seq is not None:
-                    joined.append(seq)
+                else:
+                    live.append(job)
+            joined = self._start_all(live) if live else []
             try:
                 if joined:
                     self._join(joined)
@@ -259,22 +276,110 @@ class Batcher:
         cache = _cache_of(kv) if kv is not None else _cache_of([])
         positions = torch.arange(start, start + len(ids), device=self.device).unsqueeze(0)
         logits = self._forward(torch.tensor([list(ids)], device=self.device), positions, cache)
+        self.prefills += 1
         return _kv_of(cache), logits[0]
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _start(self, job: Job) -> _Seq | None:
-        """Prefill ``job`` (through its prefix), send its first token; the sequence, or None if done."""
-        n, kv, hit = job.prefix() if job.prefix is not None else (0, None, False)
-        kv, logits = self.prefill(job.ids[n:], kv, start=n)
-        seq = _Seq(job, self.eos, self._decode_text, self.top_k, self.device)
-        seq.cached = n if hit else 0
-        seq.kv = kv
-        if seq.push(seq.pick(logits)):
-            job.events.put(("done", seq.done()))
-            return None
-        return seq
+    def _start_all(self, jobs: list[Job]) -> list[_Seq]:
+        """Prefill the admitted jobs (each through its prefix) and send each its first token; the
+        sequences still running. The uncached suffixes of jobs admitted together are prefilled
+        together (:func:`prefill_groups`, one forward per group); a job whose prefix or prefill fails
+        fails alone (a failed group is retried one job at a time)."""
+        ready: list[tuple[Job, int, KV | None, bool]] = []
+        for job in jobs:
+            try:
+                n, kv, hit = job.prefix() if job.prefix is not None else (0, None, False)
+            except BaseException as exc:  # this request fails; the others go on
+                job.events.put(("error", exc))
+                continue
+            ready.append((job, n, kv, hit))
+        started: list[_Seq] = []
+        lengths = [len(job.ids) - n for job, n, _, _ in ready]
+        groups = prefill_groups(lengths) if self.group_prefill else [[i] for i in range(len(ready))]
+        for group in groups:
+            members = [ready[i] for i in group]
+            try:
+                if len(members) == 1:
+                    job, n, kv, _ = members[0]
+                    kv, logits = self.prefill(job.ids[n:], kv, start=n)
+                    outs = [(kv, logits)]
+                else:
+                    outs = self._prefill_together([(job.ids[n:], n, kv) for job, n, kv, _ in members])
+            except BaseException as exc:
+                if len(members) == 1:
+                    members[0][0].events.put(("error", exc))
+                    continue
+                outs = []
+                for job, n, kv, _ in members:
+                    try:
+                        outs.append(self.prefill(job.ids[n:], kv, start=n))
+                    except BaseException as err:
+                        job.events.put(("error", err))
+                        outs.append(None)
+            for (job, n, _, hit), out in zip(members, outs):
+                if out is None:
+                    continue
+                try:
+                    seq = _Seq(job, self.eos, self._decode_text, self.top_k, self.device)
+                    seq.cached = n if hit else 0
+                    seq.kv = out[0]
+                    finished = seq.push(seq.pick(out[1]))
+                except BaseException as exc:
+                    job.events.put(("error", exc))
+                    continue
+                if finished:
+                    job.events.put(("done", seq.done()))
+                else:
+                    started.append(seq)
+        return started
+
+    @torch.no_grad()
+    def _prefill_together(self, rows: list[tuple[Sequence[int], int, KV | None]]) -> list[tuple[KV, torch.Tensor]]:
+        """Several sequences' suffixes in one forward: ``rows`` of ``(suffix ids, n, the KV of the first
+        n tokens or None)``. Row i holds its prefix KV right-aligned in C = max n columns, a masked
+        hole, then its suffix ending at the last column (positions from its own n), so its logits
+        after its last id are the last column's. Returns each row's ``(kv, logits)`` as
+        :meth:`prefill` does, its KV contiguous (prefix then suffix, the hole dropped)."""
+        from transformers import DynamicCache
+
+        width = max(n for _, n, _ in rows)
+        span = max(len(ids) for ids, _, _ in rows)
+        b, dev = len(rows), self.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids_t = torch.full((b, span), pad, dtype=torch.long, device=dev)
+        positions = torch.zeros(b, span, dtype=torch.long, device=dev)
+        mask = torch.zeros(b, width + span, dtype=torch.long, device=dev)
+        for r, (ids, n, _) in enumerate(rows):
+            m = len(ids)
+            ids_t[r, span - m :] = torch.tensor(list(ids), device=dev)
+            positions[r, span - m :] = torch.arange(n, n + m, device=dev)
+            mask[r, width - n : width] = 1
+            mask[r, width + span - m :] = 1
+        cache = DynamicCache()
+        if width:
+            like = next(kv for _, n, kv in rows if n)
+            layers = []
+            for i, (k0, v0) in enumerate(like):
+                kbuf = k0.new_zeros(b, k0.shape[1], width + span, k0.shape[3])
+                vbuf = v0.new_zeros(b, v0.shape[1], width + span, v0.shape[3])
+                for r, (_, n, kv) in enumerate(rows):
+                    if n:
+                        kbuf[r, :, width - n : width] = kv[i][0][0]
+                        vbuf[r, :, width - n : width] = kv[i][1][0]
+                layers.append(growing_layer(kbuf, vbuf, width))
+            cache.layers = layers
+        logits = self._forward(ids_t, positions, cache, mask)
+        self.prefills += 1
+        out = []
+        for r, (ids, n, _) in enumerate(rows):
+            cols = torch.cat([torch.arange(width - n, width), torch.arange(width + span - len(ids), width + span)]).to(
+                dev
+            )
+            kv = [(keys[r : r + 1, :, cols], values[r : r + 1, :, cols]) for keys, values in _kv_of(cache)]
+            out.append((kv, logits[r]))
+        return out
 
     def _join(self, joined: list[_Seq]) -> None:
         """Add prefilled sequences to the batch: every KV copied, left-padded, into new buffers as wide
