@@ -351,3 +351,10 @@ def test_prefill_groups_cover_every_job_once_with_bounded_padding(lengths: list[
         if len(g) > 1:
             padded = len(g) * max(lengths[i] for i in g)
             assert padded <= 2 * sum(lengths[i] for i in g) and padded <= max_tokens
+
+
+def test_a_prompt_without_tokens_is_refused_before_the_scheduler(engine: Engine) -> None:
+    from fspo.serve.batching import Job
+
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.batcher.submit(Job([], GREEDY))

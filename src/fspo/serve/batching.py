@@ -215,6 +215,8 @@ class Batcher:
 
     # ---- the public side -------------------------------------------------------------------
     def submit(self, job: Job) -> Job:
+        if not job.ids:
+            raise ValueError("the prompt has no tokens")
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
