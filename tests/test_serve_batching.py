@@ -358,3 +358,21 @@ def test_a_prompt_without_tokens_is_refused_before_the_scheduler(engine: Engine)
 
     with pytest.raises(ValueError, match="no tokens"):
         engine.batcher.submit(Job([], GREEDY))
+
+
+def test_a_failed_group_prefill_is_retried_one_job_at_a_time(engine: Engine, monkeypatch) -> None:
+    users = {f"gf{i}": shots(f"gf{i}", 2, f"g{i}q") for i in range(3)}
+    alone = {u: engine.generate(u, s, "Which one?", GREEDY, use_cache=False) for u, s in users.items()}
+
+    calls = []
+
+    def broken(rows):
+        calls.append(len(rows))
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine.batcher, "_prefill_together", broken)
+    outs = together(
+        engine, [lambda u=u, s=s: engine.stream(u, s, "Which one?", GREEDY, use_cache=False) for u, s in users.items()]
+    )
+    assert calls and max(calls) > 1  # the group was tried
+    assert [result(o).raw for o in outs] == [alone[u].raw for u in users]

@@ -83,17 +83,6 @@ def _kv_of(cache) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    """``t`` ([..., tokens, dim] KV, or a [batch, tokens] mask) left-padded with zeros to ``width`` tokens."""
-    dim = -2 if t.dim() == 4 else -1
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
 def prefill_groups(suffix_lengths: Sequence[int], max_tokens: int = 4096) -> list[list[int]]:
     """Which admitted jobs to prefill together: indices grouped in order of suffix length, a group
     growing while its padded tokens (rows x longest suffix) stay within twice its real ones and
@@ -251,7 +240,7 @@ class Batcher:
                     job.events.put(("done", Done(0, [], None)))
                 else:
                     live.append(job)
-            joined = self._start_all(live) if live else []
+            joined = self._start_all(live)
             try:
                 if joined:
                     self._join(joined)
@@ -302,24 +291,14 @@ class Batcher:
         groups = prefill_groups(lengths) if self.group_prefill else [[i] for i in range(len(ready))]
         for group in groups:
             members = [ready[i] for i in group]
-            try:
-                if len(members) == 1:
-                    job, n, kv, _ = members[0]
-                    kv, logits = self.prefill(job.ids[n:], kv, start=n)
-                    outs = [(kv, logits)]
-                else:
+            outs = None
+            if len(members) > 1:
+                try:
                     outs = self._prefill_together([(job.ids[n:], n, kv) for job, n, kv, _ in members])
-            except BaseException as exc:
-                if len(members) == 1:
-                    members[0][0].events.put(("error", exc))
-                    continue
-                outs = []
-                for job, n, kv, _ in members:
-                    try:
-                        outs.append(self.prefill(job.ids[n:], kv, start=n))
-                    except BaseException as err:
-                        job.events.put(("error", err))
-                        outs.append(None)
+                except BaseException:  # retried one job at a time below, so an error stays with its job
+                    outs = None
+            if outs is None:
+                outs = [self._prefill_alone(job, n, kv) for job, n, kv, _ in members]
             for (job, n, _, hit), out in zip(members, outs):
                 if out is None:
                     continue
@@ -336,6 +315,14 @@ class Batcher:
                 else:
                     started.append(seq)
         return started
+
+    def _prefill_alone(self, job: Job, n: int, kv: KV | None) -> tuple[KV, torch.Tensor] | None:
+        """:meth:`prefill` of ``job``'s suffix; None (the job told) if it fails."""
+        try:
+            return self.prefill(job.ids[n:], kv, start=n)
+        except BaseException as exc:
+            job.events.put(("error", exc))
+            return None
 
     @torch.no_grad()
     def _prefill_together(self, rows: list[tuple[Sequence[int], int, KV | None]]) -> list[tuple[KV, torch.Tensor]]:
@@ -376,8 +363,11 @@ class Batcher:
         self.prefills += 1
         out = []
         for r, (ids, n, _) in enumerate(rows):
-            cols = torch.cat([torch.arange(width - n, width), torch.arange(width + span - len(ids), width + span)]).to(
-                dev
+            cols = torch.cat(
+                [
+                    torch.arange(width - n, width, device=dev),
+                    torch.arange(width + span - len(ids), width + span, device=dev),
+                ]
             )
             kv = [(keys[r : r + 1, :, cols], values[r : r + 1, :, cols]) for keys, values in _kv_of(cache)]
             out.append((kv, logits[r]))
